@@ -1,0 +1,230 @@
+//! The systemd generator: reads the installation and writes, into the generator's normal
+//! output directory, one drop-in per local instance, `gateway.target.wants/` links for
+//! autostart instances and masks for the legacy init scripts it replaces.
+//!
+//! It must never fail boot: whatever cannot be read is logged (to /dev/kmsg, or stderr in tests)
+//! and skipped, and it exits 0. No network, no D-Bus, no subprocesses.
+
+use crate::initd::{self, Mapping, Target};
+use crate::install::{self, Installation, Problem, Root, Severity};
+use crate::units::{self, Entry, Mask};
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+/// Environment variable naming a root prefix to read the installation from (tests, chroots).
+/// When set, logging goes to stderr.
+pub const ROOT_ENV: &str = "GATEWAY_SYSTEMD_ROOT";
+
+/// Usage text for people who run the generator by hand.
+pub const USAGE: &str = "usage: gateway-generator NORMAL_DIR [EARLY_DIR LATE_DIR]\n\
+\n\
+systemd runs this at boot and on `systemctl daemon-reload`; it writes gateway@<group>-<instance>.service\n\
+drop-ins, gateway.target.wants/ links and masks of /etc/init.d/vshell-* into NORMAL_DIR.\n\
+To try it on a copy of a host's files: GATEWAY_SYSTEMD_ROOT=/path/to/tree gateway-generator /tmp/out\n";
+
+/// Where log lines go.
+pub enum Log {
+    /// The kernel log (what systemd's own generators use).
+    Kmsg(File),
+    /// Standard error, plain lines.
+    Stderr,
+}
+
+impl Log {
+    /// /dev/kmsg when writable and `prefer_stderr` is false, else stderr.
+    pub fn open(prefer_stderr: bool) -> Log {
+        if !prefer_stderr {
+            if let Ok(f) = OpenOptions::new().write(true).open("/dev/kmsg") {
+                return Log::Kmsg(f);
+            }
+        }
+        Log::Stderr
+    }
+
+    /// Write one line at a severity.
+    pub fn line(&mut self, severity: Severity, msg: &str) {
+        let (prio, label) = match severity {
+            Severity::Error => (3, "error"),
+            Severity::Warning => (4, "warning"),
+            Severity::Notice => (5, "notice"),
+        };
+        match self {
+            // One write() is one kmsg record.
+            Log::Kmsg(f) => {
+                let _ = f.write_all(format!("<{prio}>gateway-generator: {msg}\n").as_bytes());
+            }
+            Log::Stderr => eprintln!("gateway-generator: {label}: {msg}"),
+        }
+    }
+}
+
+/// What one generator run decided, before anything is written.
+pub struct Plan {
+    /// The installation as read.
+    pub installation: Installation,
+    /// What to write.
+    pub entries: Vec<Entry>,
+    /// What to log, in order.
+    pub messages: Vec<(Severity, String)>,
+}
+
+/// Read everything under `root` and decide what to generate (no writes).
+pub fn plan(root: &Root) -> Plan {
+    let (installation, problems) = install::load(root);
+    let mut messages: Vec<(Severity, String)> = problems
+        .iter()
+        .map(|Problem { severity, error }| (*severity, error.to_string()))
+        .collect();
+
+    let (scripts, unreadable) = initd::scan(root);
+    for (path, why) in unreadable {
+        messages.push((
+            Severity::Warning,
+            format!("{}: cannot read ({why}); left alone", path.display()),
+        ));
+    }
+    let mut masks = Vec::new();
+    let mut masked_summary = Vec::new();
+    for script in &scripts {
+        match initd::map(script, &installation) {
+            Mapping::Mapped { target, rule } => {
+                let what = match target {
+                    Target::Instance(i) => {
+                        let x = &installation.instances[i];
+                        format!("{}/{}", x.group.name, x.name)
+                    }
+                    Target::NodeManager => "the Node Manager".to_string(),
+                };
+                match script.sysv_unit() {
+                    Some(unit) => {
+                        masked_summary.push(format!("{unit} ({what}, by {rule})"));
+                        masks.push(Mask { unit });
+                    }
+                    None => messages.push((
+                        Severity::Warning,
+                        format!(
+                            "{}: starts {what} but its name cannot be a unit name; left alone",
+                            script.path.display()
+                        ),
+                    )),
+                }
+            }
+            Mapping::Unmapped { reason } => {
+                messages.push((
+                    Severity::Warning,
+                    format!("{}: left alone: {reason}", script.path.display()),
+                ));
+            }
+        }
+    }
+    let entries = units::render(&installation, &masks);
+
+    let autostart = installation
+        .instances
+        .iter()
+        .filter(|i| i.settings.autostart)
+        .count();
+    let mut summary = format!(
+        "{} instance(s) of host {:?} from {} ({} autostart), Node Manager: {}",
+        installation.instances.len(),
+        installation.host,
+        installation.install_dir.display(),
+        autostart,
+        if installation.node_manager.is_some() {
+            "yes"
+        } else {
+            "no"
+        },
+    );
+    if !masked_summary.is_empty() {
+        const SHOWN: usize = 8;
+        let _ = write!(
+            summary,
+            "; masked {} legacy init script(s): {}",
+            masked_summary.len(),
+            masked_summary[..masked_summary.len().min(SHOWN)].join(", ")
+        );
+        if masked_summary.len() > SHOWN {
+            let _ = write!(summary, " and {} more", masked_summary.len() - SHOWN);
+        }
+    }
+    messages.push((Severity::Notice, summary));
+    Plan {
+        installation,
+        entries,
+        messages,
+    }
+}
+
+/// Write the plan's entries under `dir`. Plain writes: systemd empties the generator
+/// directories before each run and reads nothing until we exit, so there is no reader to
+/// protect with a rename. Returns the failures (path, error); the rest is still written.
+pub fn write_entries(dir: &Path, entries: &[Entry]) -> Vec<(PathBuf, String)> {
+    let mut failures = Vec::new();
+    for entry in entries {
+        let (path, result) = match entry {
+            Entry::File { path, content } => {
+                let full = dir.join(path);
+                (
+                    full.clone(),
+                    ensure_parent(&full).and_then(|_| fs::write(&full, content)),
+                )
+            }
+            Entry::Symlink { path, target } => {
+                let full = dir.join(path);
+                (
+                    full.clone(),
+                    ensure_parent(&full).and_then(|_| std::os::unix::fs::symlink(target, &full)),
+                )
+            }
+        };
+        if let Err(e) = result {
+            failures.push((path, e.to_string()));
+        }
+    }
+    failures
+}
+
+fn ensure_parent(path: &Path) -> std::io::Result<()> {
+    match path.parent() {
+        Some(p) => fs::create_dir_all(p),
+        None => Ok(()),
+    }
+}
+
+/// The whole generator: arguments as systemd passes them (without argv\[0\]) and the value of
+/// [`ROOT_ENV`]. Returns the exit status: 0 whenever it was invoked as a generator.
+pub fn main(args: &[OsString], root_env: Option<OsString>) -> i32 {
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        print!("{USAGE}");
+        return 0;
+    }
+    if args.len() != 1 && args.len() != 3 {
+        eprint!(
+            "gateway-generator: expected 1 or 3 output directories, got {}\n{USAGE}",
+            args.len()
+        );
+        return 2;
+    }
+    let normal = PathBuf::from(&args[0]);
+    let mut log = Log::open(root_env.is_some());
+    let root = Root::new(
+        root_env
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/")),
+    );
+    let plan = plan(&root);
+    for (severity, msg) in &plan.messages {
+        log.line(*severity, msg);
+    }
+    for (path, why) in write_entries(&normal, &plan.entries) {
+        log.line(
+            Severity::Error,
+            &format!("{}: cannot write: {why}", path.display()),
+        );
+    }
+    0
+}

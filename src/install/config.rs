@@ -1,0 +1,223 @@
+//! Our own config: `/etc/gateway-systemd/gateway.toml` plus `gateway.toml.d/*.toml` drop-ins,
+//! later files winning field by field.
+
+use super::timespan::TimeSpan;
+use super::InstallError;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Per-instance settings as written in one place of the config (all optional: unset = inherit).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsPatch {
+    /// Start with gateway.target (at boot).
+    pub autostart: Option<bool>,
+    /// URL the launcher polls for readiness and the watchdog; `{traffic_port}`,
+    /// `{management_port}` and `{scheme}` are replaced.
+    pub health_url: Option<String>,
+    /// How long the LB health endpoint answers 503 before the gateway stops (0 = no drain).
+    pub drain_delay: Option<TimeSpan>,
+    /// How long the gateway may take to exit after SIGTERM.
+    pub stop_grace: Option<TimeSpan>,
+    /// Watchdog interval (0 = off).
+    pub watchdog: Option<TimeSpan>,
+    /// How long a start may take before systemd gives up.
+    pub start_timeout: Option<TimeSpan>,
+    /// Unit the gateway needs running first (e.g. `cassandra.service`); empty = none.
+    pub cassandra: Option<String>,
+    /// Credentials handed to the launcher by `LoadCredential=`: `name` or `name:/path`.
+    pub credentials: Option<Vec<String>>,
+    /// Credentials handed over by `LoadCredentialEncrypted=`: `name` or `name:/path`.
+    pub encrypted_credentials: Option<Vec<String>>,
+    /// The gateway's own start command (argv), run in the foreground by the launcher.
+    pub start_command: Option<Vec<String>>,
+}
+
+impl SettingsPatch {
+    /// Apply `later` on top of `self`: every field `later` sets wins.
+    pub fn overlay(&mut self, later: &SettingsPatch) {
+        macro_rules! take {
+            ($($f:ident),*) => { $( if later.$f.is_some() { self.$f = later.$f.clone(); } )* };
+        }
+        take!(
+            autostart,
+            health_url,
+            drain_delay,
+            stop_grace,
+            watchdog,
+            start_timeout,
+            cassandra,
+            credentials,
+            encrypted_credentials,
+            start_command
+        );
+    }
+}
+
+/// Where one piece of config was written: file and line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// The config file (logical path).
+    pub path: PathBuf,
+    /// 1-based line.
+    pub line: usize,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.path.display(), self.line)
+    }
+}
+
+/// The merged config of all files.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Config {
+    /// `install_dir`: the installation (VDISTDIR).
+    pub install_dir: Option<PathBuf>,
+    /// `host`: this host's name in topology.json.
+    pub host: Option<String>,
+    /// `user`: the account the gateways run as.
+    pub user: Option<String>,
+    /// `group`: the group the gateways run as.
+    pub group: Option<String>,
+    /// `[defaults]`: settings for every instance.
+    pub defaults: SettingsPatch,
+    /// `[nodemanager]`: settings for the Node Manager.
+    pub nodemanager: SettingsPatch,
+    /// `[instances."group/instance"]`: per-instance settings, with where they were written.
+    pub instances: BTreeMap<String, (SettingsPatch, Origin)>,
+    /// Instance tables that could not be read: the instance must not run on guessed settings.
+    pub broken_instances: BTreeMap<String, InstallError>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    install_dir: Option<PathBuf>,
+    host: Option<String>,
+    user: Option<String>,
+    group: Option<String>,
+    #[serde(default)]
+    defaults: SettingsPatch,
+    #[serde(default)]
+    nodemanager: SettingsPatch,
+    #[serde(default)]
+    instances: BTreeMap<String, toml::Spanned<toml::Value>>,
+}
+
+/// 1-based line of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+impl Config {
+    /// Merge one file's text into this config. A file that does not parse is skipped whole
+    /// (returned as the error); an instance table that does not parse marks that instance broken.
+    pub fn merge_file(
+        &mut self,
+        text: &str,
+        path: &Path,
+    ) -> Result<Vec<InstallError>, InstallError> {
+        let file: ConfigFile = toml::from_str(text).map_err(|e| InstallError::ConfigSyntax {
+            path: path.to_path_buf(),
+            line: e.span().map(|s| line_of(text, s.start)).unwrap_or(1),
+            detail: e.message().trim().to_string(),
+        })?;
+        let mut problems = Vec::new();
+        if let Some(dir) = file.install_dir {
+            if !dir.is_absolute() {
+                return Err(InstallError::ConfigSyntax {
+                    path: path.to_path_buf(),
+                    line: 1,
+                    detail: format!("install_dir {:?} must be an absolute path", dir.display()),
+                });
+            }
+            self.install_dir = Some(dir);
+        }
+        self.host = file.host.or(self.host.take());
+        self.user = file.user.or(self.user.take());
+        self.group = file.group.or(self.group.take());
+        self.defaults.overlay(&file.defaults);
+        self.nodemanager.overlay(&file.nodemanager);
+        for (key, spanned) in file.instances {
+            let origin = Origin {
+                path: path.to_path_buf(),
+                line: line_of(text, spanned.span().start),
+            };
+            match spanned.into_inner().try_into::<SettingsPatch>() {
+                Ok(patch) => {
+                    self.broken_instances.remove(&key);
+                    let entry = self
+                        .instances
+                        .entry(key)
+                        .or_insert_with(|| (SettingsPatch::default(), origin.clone()));
+                    entry.0.overlay(&patch);
+                    entry.1 = origin;
+                }
+                Err(e) => {
+                    let err = InstallError::ConfigInstance {
+                        origin,
+                        key: key.clone(),
+                        detail: e.message().trim().to_string(),
+                    };
+                    problems.push(err.clone());
+                    self.broken_instances.insert(key, err);
+                }
+            }
+        }
+        Ok(problems)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn later_files_win_field_by_field() {
+        let mut c = Config::default();
+        c.merge_file(
+            "host = \"a\"\n[defaults]\ndrain_delay = 5\nwatchdog = \"20s\"\n[instances.\"g/i\"]\nautostart = false\n",
+            Path::new("/etc/one.toml"),
+        )
+        .unwrap();
+        c.merge_file(
+            "[defaults]\ndrain_delay = \"7s\"\n[instances.\"g/i\"]\nhealth_url = \"http://x\"\n",
+            Path::new("/etc/two.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.host.as_deref(), Some("a"));
+        assert_eq!(c.defaults.drain_delay, Some(TimeSpan::secs(7)));
+        assert_eq!(c.defaults.watchdog, Some(TimeSpan::secs(20)));
+        let (patch, origin) = &c.instances["g/i"];
+        assert_eq!(patch.autostart, Some(false));
+        assert_eq!(patch.health_url.as_deref(), Some("http://x"));
+        assert_eq!(origin.to_string(), "/etc/two.toml:3");
+    }
+
+    #[test]
+    fn errors_name_file_and_line() {
+        let mut c = Config::default();
+        let err = c
+            .merge_file(
+                "host = \"a\"\n\nautostrat = true\n",
+                Path::new("/etc/x.toml"),
+            )
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("/etc/x.toml:3: "), "{msg}");
+        assert!(msg.contains("autostrat"), "{msg}");
+        let problems = c
+            .merge_file("[instances.\"g/a\"]\ndrain_delay = \"soon\"\n[instances.\"g/b\"]\nautostart = false\n", Path::new("/etc/y.toml"))
+            .unwrap();
+        assert_eq!(problems.len(), 1);
+        assert!(c.broken_instances.contains_key("g/a"));
+        assert!(c.instances.contains_key("g/b"));
+        assert!(problems[0].to_string().contains("soon"), "{}", problems[0]);
+    }
+}

@@ -1,0 +1,938 @@
+//! The installation model: topology.json, the instance directories, nodemanager.xml and our
+//! config, read once into typed structs. Everything that can go wrong is a [`Problem`] naming
+//! the file and the fix; a bad instance is left out, never the whole installation.
+
+pub mod config;
+pub mod props;
+pub mod timespan;
+pub mod topology;
+
+use crate::units::name::{self, NameError};
+pub use config::{Config, Origin, SettingsPatch};
+pub use props::Ports;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+pub use timespan::TimeSpan;
+pub use topology::{Group, Service, ServiceKind, Topology, TopologyHost};
+
+/// Our main config file.
+pub const CONFIG_FILE: &str = "/etc/gateway-systemd/gateway.toml";
+/// Drop-in directory beside it; `*.toml` files are read in name order, later ones winning.
+pub const CONFIG_DROPIN_DIR: &str = "/etc/gateway-systemd/gateway.toml.d";
+/// Where the installation lives unless `install_dir` says otherwise.
+pub const DEFAULT_INSTALL_DIR: &str = "/opt/apigateway";
+/// The kernel's host name (readable at generator time, unlike anything behind D-Bus).
+pub const HOSTNAME_FILE: &str = "/proc/sys/kernel/hostname";
+/// The account gateways run as unless `user`/`group` say otherwise (created by sysusers.d).
+pub const DEFAULT_USER: &str = "gateway";
+/// Where credentials named without a path are read from.
+pub const CREDENTIALS_DIR: &str = "/etc/gateway-systemd/credentials";
+/// Longest drain systemd will wait for.
+pub const MAX_DRAIN_DELAY: TimeSpan = TimeSpan::secs(300);
+
+/// Everything that can be wrong with an installation or our config.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InstallError {
+    /// A file exists but cannot be read.
+    #[error("{}: cannot read: {detail}; check its permissions", path.display())]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        detail: String,
+    },
+    /// topology.json is missing.
+    #[error("{}: not found; is install_dir right? set install_dir in {CONFIG_FILE} or restore groups/ from a backup", path.display())]
+    TopologyMissing {
+        /// Where it was expected.
+        path: PathBuf,
+    },
+    /// topology.json is not JSON at all.
+    #[error("{}:{line}:{column}: not valid JSON ({detail}); fix the file or restore it from a backup", path.display())]
+    TopologySyntax {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What the parser said.
+        detail: String,
+    },
+    /// One host, group or service entry is malformed.
+    #[error("{}: {at}: {detail}; this entry is skipped, fix it in the topology (managedomain)", path.display())]
+    TopologyEntry {
+        /// The file.
+        path: PathBuf,
+        /// JSON path of the entry, e.g. `groups[1].services[0] (id "instance-3")`.
+        at: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// No topology host is this host.
+    #[error("{}: no host is named {host:?} (this host); set host = \"<name in topology.json>\" in {CONFIG_FILE}", path.display())]
+    HostNotInTopology {
+        /// topology.json.
+        path: PathBuf,
+        /// The name we looked for.
+        host: String,
+    },
+    /// The host name cannot be determined.
+    #[error("cannot tell this host's name ({detail}); set host = \"<name in topology.json>\" in {CONFIG_FILE}")]
+    NoHostName {
+        /// Why.
+        detail: String,
+    },
+    /// A config file does not parse; it is skipped whole.
+    #[error("{}:{line}: {detail}; this file is ignored until fixed", path.display())]
+    ConfigSyntax {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// What is wrong.
+        detail: String,
+    },
+    /// An `[instances."..."]` table does not parse; that instance is not generated.
+    #[error(
+        "{origin}: [instances.{key:?}]: {detail}; the instance is not started until this is fixed"
+    )]
+    ConfigInstance {
+        /// Where the table is.
+        origin: Origin,
+        /// The table key.
+        key: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A setting has a value out of range or of the wrong shape.
+    #[error("{place}: {detail}")]
+    BadSetting {
+        /// Where the setting was written (file:line, or the section).
+        place: String,
+        /// What is wrong and what to write instead.
+        detail: String,
+    },
+    /// A config table names an instance this host does not have.
+    #[error(
+        "{origin}: [instances.{key:?}] matches no instance of this host in topology.json; {hint}"
+    )]
+    UnknownInstanceKey {
+        /// Where the table is.
+        origin: Origin,
+        /// The table key.
+        key: String,
+        /// What to do.
+        hint: String,
+    },
+    /// A group or instance name cannot become a unit name.
+    #[error("{}: {what} {name:?}: {source}; rename it in the topology", path.display())]
+    BadName {
+        /// topology.json.
+        path: PathBuf,
+        /// "group" or "instance".
+        what: &'static str,
+        /// The name.
+        name: String,
+        /// Why.
+        source: NameError,
+    },
+    /// A group or instance id cannot be a directory name.
+    #[error("{}: {what} {id:?} cannot be a directory name under groups/; fix the topology", path.display())]
+    BadId {
+        /// topology.json.
+        path: PathBuf,
+        /// "group id" or "instance id".
+        what: &'static str,
+        /// The id.
+        id: String,
+    },
+    /// Two local instances would get the same unit (same names, or same directory).
+    #[error("{}: instance {name:?} of group {group:?} is declared {count} times (ids {ids}); none of them is generated until the topology is fixed", path.display())]
+    Duplicate {
+        /// topology.json.
+        path: PathBuf,
+        /// Group name.
+        group: String,
+        /// Instance name.
+        name: String,
+        /// How often.
+        count: usize,
+        /// The ids involved.
+        ids: String,
+    },
+    /// An instance's directory is missing.
+    #[error("{}: instance directory of {group}/{name} is missing; restore it from a backup or remove the instance from the topology", dir.display())]
+    InstanceDirMissing {
+        /// The directory.
+        dir: PathBuf,
+        /// Group name.
+        group: String,
+        /// Instance name.
+        name: String,
+    },
+}
+
+/// How bad a problem is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    /// Something was left out (an instance, a file).
+    Error,
+    /// Probably a mistake, but nothing was left out.
+    Warning,
+    /// Worth knowing.
+    Notice,
+}
+
+/// A problem found while reading the installation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// How bad.
+    pub severity: Severity,
+    /// What.
+    pub error: InstallError,
+}
+
+impl Problem {
+    fn error(error: InstallError) -> Self {
+        Problem {
+            severity: Severity::Error,
+            error,
+        }
+    }
+    fn warning(error: InstallError) -> Self {
+        Problem {
+            severity: Severity::Warning,
+            error,
+        }
+    }
+}
+
+/// The filesystem root everything is read from: `/` on a host, a fixture tree in tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Root(PathBuf);
+
+impl Root {
+    /// A root at `prefix` (`/` for the real system).
+    pub fn new(prefix: impl Into<PathBuf>) -> Self {
+        Root(prefix.into())
+    }
+
+    /// The real path of a logical (absolute, in-system) path.
+    pub fn real(&self, logical: &Path) -> PathBuf {
+        self.0.join(logical.strip_prefix("/").unwrap_or(logical))
+    }
+
+    /// Read a file by its logical path; `Ok(None)` when it does not exist.
+    pub fn read(&self, logical: &Path) -> Result<Option<String>, InstallError> {
+        match fs::read_to_string(self.real(logical)) {
+            Ok(text) => Ok(Some(text)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(InstallError::Unreadable {
+                path: logical.to_path_buf(),
+                detail: e.to_string(),
+            }),
+        }
+    }
+
+    /// Whether a logical path is a directory.
+    pub fn is_dir(&self, logical: &Path) -> bool {
+        self.real(logical).is_dir()
+    }
+}
+
+/// A credential the launcher receives through systemd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credential {
+    /// The credential's name in `$CREDENTIALS_DIRECTORY`.
+    pub name: String,
+    /// The file systemd loads it from.
+    pub path: PathBuf,
+    /// Encrypted with `systemd-creds encrypt` (`LoadCredentialEncrypted=`).
+    pub encrypted: bool,
+}
+
+/// Resolved settings of one instance (or the Node Manager).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceSettings {
+    /// Started by gateway.target.
+    pub autostart: bool,
+    /// Readiness and watchdog check URL.
+    pub health_url: String,
+    /// How long the LB health endpoint answers 503 before stop (0 = no drain).
+    pub drain_delay: TimeSpan,
+    /// Time the gateway has to exit after SIGTERM.
+    pub stop_grace: TimeSpan,
+    /// Watchdog interval (0 = off).
+    pub watchdog: TimeSpan,
+    /// Start timeout.
+    pub start_timeout: TimeSpan,
+    /// Unit to want and order after (Cassandra).
+    pub cassandra: Option<String>,
+    /// Credentials for the launcher.
+    pub credentials: Vec<Credential>,
+    /// The gateway's own start command, when configured (else the launcher's default).
+    pub start_command: Option<Vec<String>>,
+}
+
+impl InstanceSettings {
+    /// systemd's stop timeout: it bounds the drain (ExecStop) and, separately, the exit after
+    /// SIGTERM, so it must exceed both.
+    pub fn stop_timeout(&self) -> TimeSpan {
+        self.drain_delay + self.stop_grace
+    }
+}
+
+/// A gateway instance of this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    /// Its group.
+    pub group: Group,
+    /// Directory name, e.g. `instance-1`.
+    pub id: String,
+    /// Operator-facing name, e.g. `server1`.
+    pub name: String,
+    /// `<install>/groups/<group id>/<instance id>` (the vendor's VINSTDIR).
+    pub dir: PathBuf,
+    /// Ports from envSettings.props.
+    pub ports: Ports,
+    /// Management port from topology.json.
+    pub management_port: Option<u16>,
+    /// Resolved settings.
+    pub settings: InstanceSettings,
+    /// The unit's instance string (`group1-server1`).
+    pub instance_string: String,
+}
+
+impl Instance {
+    /// `gateway@<instance string>.service`.
+    pub fn unit(&self) -> String {
+        format!("gateway@{}.service", self.instance_string)
+    }
+}
+
+/// The Node Manager of this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeManager {
+    /// Its topology name.
+    pub name: String,
+    /// Management port from topology.json.
+    pub management_port: Option<u16>,
+    /// `system/conf/nodemanager.xml`, when present.
+    pub config_file: Option<PathBuf>,
+    /// Resolved settings.
+    pub settings: InstanceSettings,
+}
+
+/// A service of the topology that runs on another host (kept so that an init script or a
+/// config table naming it can be told apart from a typo).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteInstance {
+    /// Group name.
+    pub group: String,
+    /// Instance name.
+    pub name: String,
+    /// `<install>/groups/<group id>/<instance id>`.
+    pub dir: PathBuf,
+    /// The host it runs on.
+    pub host: String,
+}
+
+/// The installation as this host sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Installation {
+    /// The install dir (VDISTDIR), a logical path.
+    pub install_dir: PathBuf,
+    /// This host's name.
+    pub host: String,
+    /// Account the gateways run as.
+    pub user: String,
+    /// Group the gateways run as.
+    pub group: String,
+    /// This host's Node Manager, if the topology has one here.
+    pub node_manager: Option<NodeManager>,
+    /// This host's instances that can be run, in topology order.
+    pub instances: Vec<Instance>,
+    /// Instances of other hosts.
+    pub remote_instances: Vec<RemoteInstance>,
+    /// Local instances that were left out because of a problem (group name, instance name, dir).
+    pub rejected_instances: Vec<(String, String, PathBuf)>,
+}
+
+impl Installation {
+    /// `groups/topology.json` of an install dir.
+    pub fn topology_path(install_dir: &Path) -> PathBuf {
+        install_dir.join("groups/topology.json")
+    }
+}
+
+/// Does a topology host name denote this host? Case-insensitive; a short name matches the
+/// first label of a fully qualified one (`gw1` ~ `gw1.example.com`).
+pub fn host_matches(topology_name: &str, local: &str) -> bool {
+    let (a, b) = (
+        topology_name.to_ascii_lowercase(),
+        local.to_ascii_lowercase(),
+    );
+    if a.is_empty() || b.is_empty() {
+        return false;
+    }
+    if a == b {
+        return true;
+    }
+    let short = |s: &str| s.split('.').next().unwrap_or("").to_string();
+    (!a.contains('.') || !b.contains('.')) && short(&a) == short(&b)
+}
+
+/// Read the config files (main file, then drop-ins in name order).
+pub fn load_config(root: &Root) -> (Config, Vec<Problem>) {
+    let mut config = Config::default();
+    let mut problems = Vec::new();
+    let mut files = vec![PathBuf::from(CONFIG_FILE)];
+    if let Ok(entries) = fs::read_dir(root.real(Path::new(CONFIG_DROPIN_DIR))) {
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n.ends_with(".toml") && !n.starts_with('.'))
+            .collect();
+        names.sort();
+        files.extend(
+            names
+                .into_iter()
+                .map(|n| Path::new(CONFIG_DROPIN_DIR).join(n)),
+        );
+    }
+    for path in files {
+        match root.read(&path) {
+            Ok(Some(text)) => match config.merge_file(&text, &path) {
+                Ok(found) => problems.extend(found.into_iter().map(Problem::error)),
+                Err(e) => problems.push(Problem::error(e)),
+            },
+            Ok(None) => {}
+            Err(e) => problems.push(Problem::error(e)),
+        }
+    }
+    (config, problems)
+}
+
+/// Read the whole installation under `root`. Never fails: what cannot be read is a problem,
+/// and the installation holds whatever could be trusted.
+pub fn load(root: &Root) -> (Installation, Vec<Problem>) {
+    let (config, mut problems) = load_config(root);
+    let install_dir = config
+        .install_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_INSTALL_DIR));
+    let host = match config.host.clone() {
+        Some(h) => h,
+        None => match root.read(Path::new(HOSTNAME_FILE)) {
+            Ok(Some(h)) if !h.trim().is_empty() => h.trim().to_string(),
+            Ok(_) => {
+                problems.push(Problem::error(InstallError::NoHostName {
+                    detail: format!("{HOSTNAME_FILE} is empty"),
+                }));
+                String::new()
+            }
+            Err(e) => {
+                problems.push(Problem::error(InstallError::NoHostName {
+                    detail: e.to_string(),
+                }));
+                String::new()
+            }
+        },
+    };
+    let mut inst = Installation {
+        user: config
+            .user
+            .clone()
+            .unwrap_or_else(|| DEFAULT_USER.to_string()),
+        group: config
+            .group
+            .clone()
+            .or_else(|| config.user.clone())
+            .unwrap_or_else(|| DEFAULT_USER.to_string()),
+        install_dir,
+        host,
+        node_manager: None,
+        instances: Vec::new(),
+        remote_instances: Vec::new(),
+        rejected_instances: Vec::new(),
+    };
+    let topology_path = Installation::topology_path(&inst.install_dir);
+    let topology = match root.read(&topology_path) {
+        Ok(Some(text)) => match topology::parse(&text, &topology_path) {
+            Ok((t, found)) => {
+                problems.extend(found.into_iter().map(Problem::error));
+                t
+            }
+            Err(e) => {
+                problems.push(Problem::error(e));
+                Topology::default()
+            }
+        },
+        Ok(None) => {
+            problems.push(Problem::error(InstallError::TopologyMissing {
+                path: topology_path.clone(),
+            }));
+            Topology::default()
+        }
+        Err(e) => {
+            problems.push(Problem::error(e));
+            Topology::default()
+        }
+    };
+    resolve(
+        root,
+        &config,
+        &topology,
+        &topology_path,
+        &mut inst,
+        &mut problems,
+    );
+    (inst, problems)
+}
+
+/// Select this host's services and resolve their settings.
+fn resolve(
+    root: &Root,
+    config: &Config,
+    topology: &Topology,
+    topology_path: &Path,
+    inst: &mut Installation,
+    problems: &mut Vec<Problem>,
+) {
+    let local_ids: Vec<&str> = topology
+        .hosts
+        .iter()
+        .filter(|h| host_matches(&h.name, &inst.host))
+        .map(|h| h.id.as_str())
+        .collect();
+    if local_ids.is_empty() && !topology.hosts.is_empty() && !inst.host.is_empty() {
+        problems.push(Problem::error(InstallError::HostNotInTopology {
+            path: topology_path.to_path_buf(),
+            host: inst.host.clone(),
+        }));
+    }
+    let host_name = |id: &str| {
+        topology
+            .hosts
+            .iter()
+            .find(|h| h.id == id)
+            .map_or_else(|| id.to_string(), |h| h.name.clone())
+    };
+    let gateways: Vec<&Service> = topology
+        .services
+        .iter()
+        .filter(|s| s.kind == ServiceKind::Gateway)
+        .collect();
+
+    // Unit names (and directories) must be unique among this host's instances.
+    let local: Vec<&Service> = gateways
+        .iter()
+        .copied()
+        .filter(|s| local_ids.contains(&s.host_id.as_str()))
+        .collect();
+    let mut seen_dup = Vec::new();
+    for s in &local {
+        let same: Vec<&&Service> = local
+            .iter()
+            .filter(|o| {
+                (o.group.name == s.group.name && o.name == s.name)
+                    || (o.group.id == s.group.id && o.id == s.id)
+            })
+            .collect();
+        if same.len() > 1 && !seen_dup.contains(&(s.group.name.clone(), s.name.clone())) {
+            for o in &same {
+                seen_dup.push((o.group.name.clone(), o.name.clone()));
+            }
+            problems.push(Problem::error(InstallError::Duplicate {
+                path: topology_path.to_path_buf(),
+                group: s.group.name.clone(),
+                name: s.name.clone(),
+                count: same.len(),
+                ids: same
+                    .iter()
+                    .map(|o| format!("{}/{}", o.group.id, o.id))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }));
+        }
+    }
+
+    let mut defaults = builtin_defaults();
+    defaults.overlay(&config.defaults);
+    let mut used_keys = Vec::new();
+    for s in &gateways {
+        let dir = inst
+            .install_dir
+            .join("groups")
+            .join(&s.group.id)
+            .join(&s.id);
+        if !local_ids.contains(&s.host_id.as_str()) {
+            inst.remote_instances.push(RemoteInstance {
+                group: s.group.name.clone(),
+                name: s.name.clone(),
+                dir,
+                host: host_name(&s.host_id),
+            });
+            continue;
+        }
+        let key = format!("{}/{}", s.group.name, s.name);
+        used_keys.push(key.clone());
+        if let Some((what, id)) = [("group id", &s.group.id), ("instance id", &s.id)]
+            .into_iter()
+            .find(|(_, id)| !is_dir_name(id))
+        {
+            problems.push(Problem::error(InstallError::BadId {
+                path: topology_path.to_path_buf(),
+                what,
+                id: id.clone(),
+            }));
+            continue;
+        }
+        let reject = |inst: &mut Installation| {
+            inst.rejected_instances
+                .push((s.group.name.clone(), s.name.clone(), dir.clone()))
+        };
+        if seen_dup.contains(&(s.group.name.clone(), s.name.clone())) {
+            reject(inst);
+            continue;
+        }
+        let instance_string = match name::escape_name(&s.group.name)
+            .map_err(|e| ("group", &s.group.name, e))
+            .and_then(|_| name::escape_name(&s.name).map_err(|e| ("instance", &s.name, e)))
+            .and_then(|_| {
+                name::instance_string(&s.group.name, &s.name).map_err(|e| ("instance", &s.name, e))
+            }) {
+            Ok(i) => i,
+            Err((what, bad, source)) => {
+                problems.push(Problem::error(InstallError::BadName {
+                    path: topology_path.to_path_buf(),
+                    what,
+                    name: bad.clone(),
+                    source,
+                }));
+                reject(inst);
+                continue;
+            }
+        };
+        if config.broken_instances.contains_key(&key) {
+            // Already reported when the config was read; the instance stays out rather than
+            // running on settings the operator did not write.
+            reject(inst);
+            continue;
+        }
+        if !root.is_dir(&dir) {
+            problems.push(Problem::error(InstallError::InstanceDirMissing {
+                dir: dir.clone(),
+                group: s.group.name.clone(),
+                name: s.name.clone(),
+            }));
+            reject(inst);
+            continue;
+        }
+        let props_path = dir.join("conf/envSettings.props");
+        let ports = match root.read(&props_path) {
+            Ok(Some(text)) => props::parse_ports(&text),
+            Ok(None) => Ports::default(),
+            Err(e) => {
+                problems.push(Problem::warning(e));
+                Ports::default()
+            }
+        };
+        let mut patch = defaults.clone();
+        if !s.enabled {
+            patch.autostart = Some(false);
+        }
+        let place = match config.instances.get(&key) {
+            Some((p, origin)) => {
+                patch.overlay(p);
+                origin.to_string()
+            }
+            None => format!("[instances.{key:?}]"),
+        };
+        let vars = UrlVars {
+            traffic_port: ports.traffic,
+            management_port: s.management_port,
+            scheme: &s.scheme,
+        };
+        match settle(&patch, &vars, &place, &key) {
+            Ok(settings) => inst.instances.push(Instance {
+                group: s.group.clone(),
+                id: s.id.clone(),
+                name: s.name.clone(),
+                dir,
+                ports,
+                management_port: s.management_port,
+                settings,
+                instance_string,
+            }),
+            Err(e) => {
+                problems.push(Problem::error(e));
+                reject(inst);
+            }
+        }
+    }
+
+    if let Some(nm) = topology
+        .services
+        .iter()
+        .find(|s| s.kind == ServiceKind::NodeManager && local_ids.contains(&s.host_id.as_str()))
+    {
+        let mut patch = builtin_defaults();
+        patch.drain_delay = Some(TimeSpan::secs(0));
+        patch.health_url = Some("{scheme}://127.0.0.1:{management_port}/healthcheck".into());
+        patch.overlay(&config.nodemanager);
+        if !nm.enabled {
+            patch.autostart = Some(false);
+        }
+        let vars = UrlVars {
+            traffic_port: None,
+            management_port: nm.management_port,
+            scheme: &nm.scheme,
+        };
+        let xml = inst.install_dir.join("system/conf/nodemanager.xml");
+        match settle(&patch, &vars, "[nodemanager]", "nodemanager") {
+            Ok(settings) => {
+                inst.node_manager = Some(NodeManager {
+                    name: nm.name.clone(),
+                    management_port: nm.management_port,
+                    config_file: root.real(&xml).is_file().then_some(xml),
+                    settings,
+                })
+            }
+            Err(e) => problems.push(Problem::error(e)),
+        }
+    }
+
+    for (key, (_, origin)) in &config.instances {
+        if used_keys.contains(key) {
+            continue;
+        }
+        let remote = inst
+            .remote_instances
+            .iter()
+            .find(|r| format!("{}/{}", r.group, r.name) == *key);
+        let hint = match remote {
+            Some(r) => format!("it runs on host {:?}; this table has no effect here", r.host),
+            None => "write the group and instance names as the topology has them: [instances.\"<group>/<instance>\"]".to_string(),
+        };
+        let p = InstallError::UnknownInstanceKey {
+            origin: origin.clone(),
+            key: key.clone(),
+            hint,
+        };
+        problems.push(if remote.is_some() {
+            Problem {
+                severity: Severity::Notice,
+                error: p,
+            }
+        } else {
+            Problem::warning(p)
+        });
+    }
+}
+
+/// A single, ordinary path component (ids become directories; `..` must not escape).
+fn is_dir_name(id: &str) -> bool {
+    !id.is_empty()
+        && id != "."
+        && id != ".."
+        && !id.contains('/')
+        && !id.chars().any(char::is_control)
+}
+
+/// The documented defaults of every instance setting.
+pub fn builtin_defaults() -> SettingsPatch {
+    SettingsPatch {
+        autostart: Some(true),
+        health_url: Some("http://127.0.0.1:{traffic_port}/healthcheck".into()),
+        drain_delay: Some(TimeSpan::secs(10)),
+        stop_grace: Some(TimeSpan::secs(30)),
+        watchdog: Some(TimeSpan::secs(30)),
+        start_timeout: Some(TimeSpan::secs(300)),
+        cassandra: Some(String::new()),
+        credentials: Some(Vec::new()),
+        encrypted_credentials: Some(Vec::new()),
+        start_command: None,
+    }
+}
+
+struct UrlVars<'a> {
+    traffic_port: Option<u16>,
+    management_port: Option<u16>,
+    scheme: &'a str,
+}
+
+/// Turn a fully layered patch into settings, checking every value.
+fn settle(
+    patch: &SettingsPatch,
+    vars: &UrlVars,
+    place: &str,
+    key: &str,
+) -> Result<InstanceSettings, InstallError> {
+    let bad = |detail: String| InstallError::BadSetting {
+        place: place.to_string(),
+        detail,
+    };
+    let template = patch.health_url.clone().unwrap_or_default();
+    let mut health_url = template.replace("{scheme}", vars.scheme);
+    for (var, value, source) in [
+        (
+            "{traffic_port}",
+            vars.traffic_port,
+            "env.PORT.TRAFFIC in the instance's conf/envSettings.props",
+        ),
+        (
+            "{management_port}",
+            vars.management_port,
+            "managementPort in topology.json",
+        ),
+    ] {
+        if health_url.contains(var) {
+            let port = value.ok_or_else(|| {
+                bad(format!("{key}: health_url {template:?} needs {var} but {source} is not set; set it, or set health_url"))
+            })?;
+            health_url = health_url.replace(var, &port.to_string());
+        }
+    }
+    if !(health_url.starts_with("http://") || health_url.starts_with("https://")) {
+        return Err(bad(format!(
+            "{key}: health_url {health_url:?} must start with http:// or https://"
+        )));
+    }
+    let drain_delay = patch.drain_delay.unwrap_or_default();
+    if drain_delay > MAX_DRAIN_DELAY {
+        return Err(bad(format!("{key}: drain_delay {drain_delay} is longer than the maximum of {MAX_DRAIN_DELAY}; use 0 to disable draining")));
+    }
+    let watchdog = patch.watchdog.unwrap_or_default();
+    if !watchdog.is_zero() && watchdog < TimeSpan::secs(1) {
+        return Err(bad(format!(
+            "{key}: watchdog {watchdog} is too short; use at least 1s, or 0 to disable"
+        )));
+    }
+    let start_timeout = patch.start_timeout.unwrap_or_default();
+    let stop_grace = patch.stop_grace.unwrap_or_default();
+    for (what, span) in [("start_timeout", start_timeout), ("stop_grace", stop_grace)] {
+        if span < TimeSpan::secs(1) {
+            return Err(bad(format!(
+                "{key}: {what} {span} is too short; use at least 1s"
+            )));
+        }
+    }
+    let cassandra = match patch.cassandra.as_deref().unwrap_or("") {
+        "" => None,
+        unit if valid_unit_name(unit) => Some(unit.to_string()),
+        unit => return Err(bad(format!("{key}: cassandra {unit:?} is not a unit name; write e.g. \"cassandra.service\", or \"\" for none"))),
+    };
+    let mut credentials = Vec::new();
+    for (list, encrypted) in [
+        (&patch.credentials, false),
+        (&patch.encrypted_credentials, true),
+    ] {
+        for entry in list.iter().flatten() {
+            credentials
+                .push(parse_credential(entry, encrypted).map_err(|d| bad(format!("{key}: {d}")))?);
+        }
+    }
+    if let Some(cmd) = &patch.start_command {
+        if cmd.first().is_none_or(|c| !c.starts_with('/')) {
+            return Err(bad(format!("{key}: start_command must be a list whose first element is an absolute path, e.g. [\"/opt/apigateway/posix/bin/startinstance\", \"-h\", \"...\"]")));
+        }
+    }
+    Ok(InstanceSettings {
+        autostart: patch.autostart.unwrap_or(true),
+        health_url,
+        drain_delay,
+        stop_grace,
+        watchdog,
+        start_timeout,
+        cassandra,
+        credentials,
+        start_command: patch.start_command.clone(),
+    })
+}
+
+/// `name` or `name:/absolute/path`.
+fn parse_credential(entry: &str, encrypted: bool) -> Result<Credential, String> {
+    let (name, path) = match entry.split_once(':') {
+        Some((n, p)) => (n, PathBuf::from(p)),
+        None => (
+            entry,
+            Path::new(CREDENTIALS_DIR).join(if encrypted {
+                format!("{entry}.cred")
+            } else {
+                entry.to_string()
+            }),
+        ),
+    };
+    let name_ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        && name != "."
+        && name != "..";
+    if !name_ok {
+        return Err(format!(
+            "credential {entry:?}: the name may hold only letters, digits, '_', '.' and '-'"
+        ));
+    }
+    if !path.is_absolute()
+        || path
+            .to_str()
+            .is_none_or(|p| p.contains(char::is_whitespace))
+    {
+        return Err(format!(
+            "credential {entry:?}: the path must be absolute and without spaces"
+        ));
+    }
+    Ok(Credential {
+        name: name.to_string(),
+        path,
+        encrypted,
+    })
+}
+
+/// A unit name we are willing to write into `Wants=`/`After=`.
+fn valid_unit_name(s: &str) -> bool {
+    let suffix_ok = [
+        ".service", ".target", ".socket", ".mount", ".path", ".timer",
+    ]
+    .iter()
+    .any(|x| s.ends_with(x));
+    suffix_ok
+        && s.len() <= name::UNIT_NAME_MAX
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b":-_.@\\".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_names_match_short_and_long() {
+        assert!(host_matches("gw1.example.com", "gw1.example.com"));
+        assert!(host_matches("gw1.example.com", "GW1"));
+        assert!(host_matches("gw1", "gw1.example.com"));
+        assert!(!host_matches("gw1.example.com", "gw1.other.com"));
+        assert!(!host_matches("gw10", "gw1"));
+        assert!(!host_matches("", ""));
+    }
+
+    #[test]
+    fn credentials_default_to_our_directory() {
+        let c = parse_credential("passphrase", false).unwrap();
+        assert_eq!(
+            c.path,
+            Path::new("/etc/gateway-systemd/credentials/passphrase")
+        );
+        let c = parse_credential("passphrase", true).unwrap();
+        assert_eq!(
+            c.path,
+            Path::new("/etc/gateway-systemd/credentials/passphrase.cred")
+        );
+        assert!(parse_credential("pass phrase", false).is_err());
+        assert!(parse_credential("p:relative", false).is_err());
+    }
+}
