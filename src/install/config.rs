@@ -129,15 +129,45 @@ impl Config {
             detail: e.message().trim().to_string(),
         })?;
         let mut problems = Vec::new();
+        let bad = |key: &str, detail: String| InstallError::ConfigSyntax {
+            path: path.to_path_buf(),
+            line: text
+                .lines()
+                .position(|l| l.trim_start().starts_with(key))
+                .map_or(1, |i| i + 1),
+            detail,
+        };
         if let Some(dir) = file.install_dir {
-            if !dir.is_absolute() {
-                return Err(InstallError::ConfigSyntax {
-                    path: path.to_path_buf(),
-                    line: 1,
-                    detail: format!("install_dir {:?} must be an absolute path", dir.display()),
-                });
+            let shown = dir.to_string_lossy();
+            if !dir.is_absolute()
+                || shown.contains(|c: char| c.is_control() || c == '"' || c == '\\')
+            {
+                return Err(bad("install_dir", format!("install_dir {shown:?} must be an absolute path without quotes, backslashes or control characters")));
             }
             self.install_dir = Some(dir);
+        }
+        for (key, value) in [("user", &file.user), ("group", &file.group)] {
+            if let Some(v) = value {
+                let ok = v
+                    .bytes()
+                    .next()
+                    .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+                    && v.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'
+                    })
+                    && v.len() <= 31;
+                if !ok {
+                    return Err(bad(key, format!("{key} {v:?} is not a valid account name (lower-case letters, digits, '_', '-')")));
+                }
+            }
+        }
+        if file.host.as_deref().is_some_and(|h| {
+            h.is_empty() || h.contains(|c: char| c.is_control() || c.is_whitespace())
+        }) {
+            return Err(bad(
+                "host",
+                "host must be a host name as topology.json writes it, without spaces".to_string(),
+            ));
         }
         self.host = file.host.or(self.host.take());
         self.user = file.user.or(self.user.take());

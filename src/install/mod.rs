@@ -149,7 +149,7 @@ pub enum InstallError {
         id: String,
     },
     /// Two local instances would get the same unit (same names, or same directory).
-    #[error("{}: instance {name:?} of group {group:?} is declared {count} times (ids {ids}); none of them is generated until the topology is fixed", path.display())]
+    #[error("{}: instance {name:?} of group {group:?} clashes with {others}: same names or same directory; none of them is generated until the topology is fixed", path.display())]
     Duplicate {
         /// topology.json.
         path: PathBuf,
@@ -157,10 +157,8 @@ pub enum InstallError {
         group: String,
         /// Instance name.
         name: String,
-        /// How often.
-        count: usize,
-        /// The ids involved.
-        ids: String,
+        /// The other declarations, as `group/instance (group-id/instance-id)`.
+        others: String,
     },
     /// An instance's directory is missing.
     #[error("{}: instance directory of {group}/{name} is missing; restore it from a backup or remove the instance from the topology", dir.display())]
@@ -549,10 +547,10 @@ fn resolve(
                 path: topology_path.to_path_buf(),
                 group: s.group.name.clone(),
                 name: s.name.clone(),
-                count: same.len(),
-                ids: same
+                others: same
                     .iter()
-                    .map(|o| format!("{}/{}", o.group.id, o.id))
+                    .filter(|o| !std::ptr::eq(***o, *s))
+                    .map(|o| format!("{}/{} ({}/{})", o.group.name, o.name, o.group.id, o.id))
                     .collect::<Vec<_>>()
                     .join(", "),
             }));

@@ -155,7 +155,7 @@ pub fn parse(text: &str, path: &Path) -> Result<(Topology, Vec<InstallError>), I
                         _ => ServiceKind::Other(s.kind),
                     },
                     host_id: s.host_id,
-                    management_port: s.management_port,
+                    management_port: s.management_port.filter(|&p| p != 0),
                     scheme: s.scheme.unwrap_or_else(|| "https".to_string()),
                     enabled: s.enabled.unwrap_or(true),
                 }),
