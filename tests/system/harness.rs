@@ -1,0 +1,335 @@
+//! A throwaway systemd in a container, booted as `shared/system-tests.md` describes: the host's
+//! root as the lower layer of an overlay, a tmpfs upper layer, `systemd-nspawn -b`. The
+//! package's files (per `packaging/layout`) and a domain are installed into the overlay before
+//! boot, so the generator runs at boot exactly as on a real host. Dropping the [`Container`]
+//! powers it off and unmounts everything, also when a test panics.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// Why the system tests cannot run here, or None when they can.
+pub fn missing_prerequisite() -> Option<String> {
+    if !nix_is_root() {
+        return Some("not running as root".into());
+    }
+    for tool in ["systemd-nspawn", "nsenter", "mount", "umount"] {
+        if Command::new(tool)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_err()
+        {
+            return Some(format!(
+                "{tool} is not installed (apt-get install systemd-container util-linux)"
+            ));
+        }
+    }
+    if !fs::read_to_string("/proc/filesystems")
+        .unwrap_or_default()
+        .contains("overlay")
+    {
+        return Some("the kernel has no overlay filesystem".into());
+    }
+    None
+}
+
+fn nix_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn run(cmd: &mut Command) -> Result<Output, String> {
+    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+    if out.status.success() {
+        Ok(out)
+    } else {
+        Err(format!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// The crate root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A booted container.
+pub struct Container {
+    base: PathBuf,
+    nspawn: Option<Child>,
+    pid1: u32,
+    mounted: Vec<PathBuf>,
+}
+
+impl Container {
+    /// Prepare the overlay, let `setup` write into the container's root, and boot it.
+    pub fn boot(setup: impl FnOnce(&Path) -> Result<(), String>) -> Result<Container, String> {
+        let name = format!(
+            "gwsys-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        );
+        let base = PathBuf::from("/var/tmp").join(&name);
+        let mut c = Container {
+            base: base.clone(),
+            nspawn: None,
+            pid1: 0,
+            mounted: Vec::new(),
+        };
+        let (upper, root) = (base.join("upper"), base.join("root"));
+        fs::create_dir_all(&upper)
+            .and_then(|_| fs::create_dir_all(&root))
+            .map_err(|e| format!("{}: {e}", base.display()))?;
+        run(Command::new("mount")
+            .args(["-t", "tmpfs", "tmpfs"])
+            .arg(&upper))?;
+        c.mounted.push(upper.clone());
+        fs::create_dir_all(upper.join("u"))
+            .and_then(|_| fs::create_dir_all(upper.join("w")))
+            .map_err(|e| e.to_string())?;
+        run(Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o"])
+            .arg(format!(
+                "lowerdir=/,upperdir={},workdir={}",
+                upper.join("u").display(),
+                upper.join("w").display()
+            ))
+            .arg(&root))?;
+        c.mounted.push(root.clone());
+        // A machine id of its own, written before boot: without one systemd treats the boot
+        // as a first boot and applies presets, enabling everything the host merely installed.
+        let uuid = fs::read_to_string("/proc/sys/kernel/random/uuid").map_err(|e| e.to_string())?;
+        fs::write(
+            root.join("etc/machine-id"),
+            format!("{}\n", uuid.trim().replace('-', "")),
+        )
+        .map_err(|e| e.to_string())?;
+        // --private-network leaves only `lo`: nothing can come "online", so waiting for it
+        // would hold network-online.target (which the gateway units want) for two minutes.
+        let _ = std::os::unix::fs::symlink(
+            "/dev/null",
+            root.join("etc/systemd/system/systemd-networkd-wait-online.service"),
+        );
+        // Whatever the host enables would boot too; the tests need none of it.
+        for wants in [
+            "etc/systemd/system/multi-user.target.wants",
+            "etc/systemd/system/timers.target.wants",
+        ] {
+            if let Ok(entries) = fs::read_dir(root.join(wants)) {
+                for e in entries.flatten() {
+                    let n = e.file_name().to_string_lossy().to_string();
+                    if !["machines.target", "remote-fs.target"].contains(&n.as_str()) {
+                        let _ = fs::remove_file(e.path());
+                    }
+                }
+            }
+        }
+        setup(&root)?;
+        let console =
+            fs::File::create(base.with_extension("console")).map_err(|e| e.to_string())?;
+        let child = Command::new("systemd-nspawn")
+            .args(["-q", "-D"])
+            .arg(&root)
+            .args([
+                "--register=no",
+                "--private-network",
+                "--keep-unit",
+                "-b",
+                "systemd.firstboot=off",
+            ])
+            .stdin(Stdio::null())
+            .stdout(console.try_clone().map_err(|e| e.to_string())?)
+            .stderr(console)
+            .spawn()
+            .map_err(|e| format!("systemd-nspawn: {e}"))?;
+        let nspawn_pid = child.id();
+        c.nspawn = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while c.pid1 == 0 {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "the container's systemd did not appear; console:\n{}",
+                    c.console()
+                ));
+            }
+            if let Ok(o) = Command::new("pgrep")
+                .args(["-P", &nspawn_pid.to_string(), "-x", "systemd"])
+                .output()
+            {
+                c.pid1 = String::from_utf8_lossy(&o.stdout)
+                    .trim()
+                    .parse()
+                    .unwrap_or(0);
+            }
+            if let Some(Ok(Some(status))) = c.nspawn.as_mut().map(|n| n.try_wait()) {
+                return Err(format!(
+                    "systemd-nspawn exited ({status}); console:\n{}",
+                    c.console()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let state = c.wait_until_booted(Duration::from_secs(60))?;
+        if state != "running" && state != "degraded" {
+            return Err(format!(
+                "the container did not finish booting (state {state:?}); console:\n{}",
+                c.console()
+            ));
+        }
+        Ok(c)
+    }
+
+    /// The container's root directory, as seen from the host.
+    pub fn root(&self) -> PathBuf {
+        self.base.join("root")
+    }
+
+    fn console(&self) -> String {
+        fs::read_to_string(self.base.with_extension("console")).unwrap_or_default()
+    }
+
+    /// Run a command inside the container (all its namespaces).
+    pub fn exec<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Output {
+        Command::new("nsenter")
+            .args(["-t", &self.pid1.to_string(), "-a"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run nsenter")
+    }
+
+    /// Run a command inside and return its stdout, failing when it fails.
+    pub fn ok<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Result<String, String> {
+        let out = self.exec(args);
+        let shown: Vec<String> = args
+            .iter()
+            .map(|a| a.as_ref().to_string_lossy().to_string())
+            .collect();
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).to_string())
+        } else {
+            Err(format!(
+                "`{}` failed in the container ({}):\n{}{}",
+                shown.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+
+    /// One property of a unit (`systemctl show -P`).
+    pub fn property(&self, unit: &str, property: &str) -> Result<String, String> {
+        Ok(self
+            .ok(&["systemctl", "show", "-P", property, unit])?
+            .trim_end()
+            .to_string())
+    }
+
+    /// Poll `systemctl is-system-running` until boot is over; returns the final state.
+    pub fn wait_until_booted(&self, timeout: Duration) -> Result<String, String> {
+        let deadline = Instant::now() + timeout;
+        let mut state = String::new();
+        // Right after boot the bus may not answer yet; `--wait` alone can fail then.
+        while Instant::now() < deadline {
+            let out = self.exec(&["systemctl", "is-system-running", "--wait"]);
+            state = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            if matches!(
+                state.as_str(),
+                "running" | "degraded" | "maintenance" | "stopping"
+            ) {
+                return Ok(state);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(format!(
+            "boot did not finish in {timeout:?} (last state {state:?})"
+        ))
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.nspawn.take() {
+            if self.pid1 != 0 {
+                let _ = self.exec(&["systemctl", "poweroff", "--no-block"]);
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if matches!(child.try_wait(), Ok(None)) {
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+        for m in self.mounted.iter().rev() {
+            let _ = Command::new("umount").arg(m).status();
+        }
+        let _ = fs::remove_dir_all(&self.base);
+        let _ = fs::remove_file(self.base.with_extension("console"));
+    }
+}
+
+/// Install the package's files into `root` as `packaging/layout` says, with `bins` naming the
+/// built binaries.
+pub fn install_package(root: &Path, bins: &[(&str, PathBuf)]) -> Result<(), String> {
+    let layout = fs::read_to_string(repo().join("packaging/layout"))
+        .map_err(|e| format!("packaging/layout: {e}"))?;
+    for line in layout
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [source, dest, mode] = fields[..] else {
+            return Err(format!("packaging/layout: bad line {line:?}"));
+        };
+        let from = match source.strip_prefix("bin:") {
+            Some(name) => bins
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, p)| p.clone())
+                .ok_or_else(|| {
+                    format!("packaging/layout names binary {name}, which the tests were not given")
+                })?,
+            None => repo().join(source),
+        };
+        let to = root.join(dest.trim_start_matches('/'));
+        fs::create_dir_all(to.parent().unwrap()).map_err(|e| e.to_string())?;
+        fs::copy(&from, &to).map_err(|e| format!("{} -> {}: {e}", from.display(), to.display()))?;
+        let mode =
+            u32::from_str_radix(mode, 8).map_err(|e| format!("packaging/layout: {mode}: {e}"))?;
+        fs::set_permissions(&to, fs::Permissions::from_mode(mode)).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Copy a domain tree (`opt/`, `etc/`) into the container's root.
+pub fn install_domain(root: &Path, domain: &Path) -> Result<(), String> {
+    let out = Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", domain.display()))
+        .arg(root)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "cp {}: {}",
+            domain.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
