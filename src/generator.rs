@@ -8,6 +8,7 @@
 use crate::initd::{self, Mapping, Target};
 use crate::install::{self, Installation, Problem, Root, Severity};
 use crate::units::{self, Entry, Mask};
+use std::collections::HashSet;
 use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
@@ -73,23 +74,35 @@ pub struct Plan {
 
 /// Read everything under `root` and decide what to generate (no writes).
 pub fn plan(root: &Root) -> Plan {
-    let (installation, problems) = install::load(root);
+    // The init scripts and the installation are independent reads: with many scripts, read
+    // them beside the installation (a thread costs more than it saves for a few).
+    const THREAD_FROM: usize = 64;
+    let names = initd::list(root);
+    let ((installation, problems), (scripts, unreadable)) = if names.len() >= THREAD_FROM {
+        std::thread::scope(|s| {
+            let scripts = s.spawn(|| initd::read(root, names));
+            let installation = install::load(root);
+            (installation, scripts.join().unwrap_or_default())
+        })
+    } else {
+        (install::load(root), initd::read(root, names))
+    };
     let mut messages: Vec<(Severity, String)> = problems
         .iter()
         .map(|Problem { severity, error }| (*severity, error.to_string()))
         .collect();
 
-    let (scripts, unreadable) = initd::scan(root);
     for (path, why) in unreadable {
         messages.push((
             Severity::Warning,
             format!("{}: cannot read ({why}); left alone", path.display()),
         ));
     }
+    let lookup = initd::Lookup::new(&installation);
     let mut masks = Vec::new();
     let mut masked_summary = Vec::new();
     for script in &scripts {
-        match initd::map(script, &installation) {
+        match lookup.map(script) {
             Mapping::Mapped { target, rule } => {
                 let what = match target {
                     Target::Instance(i) => {
@@ -163,22 +176,38 @@ pub fn plan(root: &Root) -> Plan {
 /// directories before each run and reads nothing until we exit, so there is no reader to
 /// protect with a rename. Returns the failures (path, error); the rest is still written.
 pub fn write_entries(dir: &Path, entries: &[Entry]) -> Vec<(PathBuf, String)> {
+    // Creating thousands of inodes is kernel work that two threads share well; below a few
+    // hundred entries a thread costs more than it saves.
+    const PARALLEL_FROM: usize = 256;
+    if entries.len() < PARALLEL_FROM {
+        return write_serially(dir, entries);
+    }
+    let (first, second) = entries.split_at(entries.len() / 2);
+    std::thread::scope(|s| {
+        let other = s.spawn(|| write_serially(dir, second));
+        let mut failures = write_serially(dir, first);
+        failures.extend(other.join().unwrap_or_default());
+        failures
+    })
+}
+
+fn write_serially(dir: &Path, entries: &[Entry]) -> Vec<(PathBuf, String)> {
     let mut failures = Vec::new();
+    // Each parent directory is made once: at 1,000 instances, repeated create_dir_all calls
+    // would be thousands of wasted system calls.
+    let mut made: HashSet<PathBuf> = HashSet::new();
     for entry in entries {
         let (path, result) = match entry {
             Entry::File { path, content } => {
                 let full = dir.join(path);
-                (
-                    full.clone(),
-                    ensure_parent(&full).and_then(|_| fs::write(&full, content)),
-                )
+                let r = ensure_parent(&full, &mut made).and_then(|_| fs::write(&full, content));
+                (full, r)
             }
             Entry::Symlink { path, target } => {
                 let full = dir.join(path);
-                (
-                    full.clone(),
-                    ensure_parent(&full).and_then(|_| std::os::unix::fs::symlink(target, &full)),
-                )
+                let r = ensure_parent(&full, &mut made)
+                    .and_then(|_| std::os::unix::fs::symlink(target, &full));
+                (full, r)
             }
         };
         if let Err(e) = result {
@@ -188,11 +217,21 @@ pub fn write_entries(dir: &Path, entries: &[Entry]) -> Vec<(PathBuf, String)> {
     failures
 }
 
-fn ensure_parent(path: &Path) -> std::io::Result<()> {
-    match path.parent() {
-        Some(p) => fs::create_dir_all(p),
-        None => Ok(()),
+fn ensure_parent(path: &Path, made: &mut HashSet<PathBuf>) -> std::io::Result<()> {
+    let Some(parent) = path.parent() else {
+        return Ok(());
+    };
+    if made.contains(parent) {
+        return Ok(());
     }
+    match fs::create_dir(parent) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => fs::create_dir_all(parent)?,
+        Err(e) => return Err(e),
+    }
+    made.insert(parent.to_path_buf());
+    Ok(())
 }
 
 /// The whole generator: arguments as systemd passes them (without argv\[0\]) and the value of

@@ -1,7 +1,7 @@
 //! The legacy `/etc/init.d/vshell-*` scripts that managedomain wrote: what each one starts,
 //! read from what the script says, so its systemd-sysv-generator unit can be masked.
 
-use crate::install::{host_matches, Installation, Root};
+use crate::install::{host_matches, Installation, RemoteInstance, Root};
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -136,27 +136,34 @@ fn is_backup_name(name: &str) -> bool {
         .any(|s| name.ends_with(s))
 }
 
-/// Read every `vshell-*` script under `/etc/init.d`. Unreadable scripts are returned as
-/// (path, reason) so the caller can report them.
-pub fn scan(root: &Root) -> (Vec<InitScript>, Vec<(PathBuf, String)>) {
-    let mut scripts = Vec::new();
-    let mut unreadable = Vec::new();
+/// The names of the `vshell-*` scripts under `/etc/init.d` (regular files, or symlinks to
+/// them; no backups), sorted.
+pub fn list(root: &Root) -> Vec<String> {
     let Ok(entries) = fs::read_dir(root.real(Path::new(INIT_DIR))) else {
-        return (scripts, unreadable);
+        return Vec::new();
     };
+    // The directory entry's type comes with getdents; only symlinks need a stat.
     let mut names: Vec<String> = entries
         .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_type()
+                .is_ok_and(|t| t.is_file() || (t.is_symlink() && e.path().is_file()))
+        })
         .filter_map(|e| e.file_name().into_string().ok())
         .filter(|n| n.starts_with(SCRIPT_PREFIX) && !is_backup_name(n))
         .collect();
     names.sort();
+    names
+}
+
+/// Read the named scripts. Unreadable ones are returned as (path, reason) so the caller can
+/// report them.
+pub fn read(root: &Root, names: Vec<String>) -> (Vec<InitScript>, Vec<(PathBuf, String)>) {
+    let mut scripts = Vec::with_capacity(names.len());
+    let mut unreadable = Vec::new();
     for name in names {
         let path = Path::new(INIT_DIR).join(&name);
-        let real = root.real(&path);
-        if !real.is_file() {
-            continue;
-        }
-        match fs::read(&real) {
+        match crate::install::read_small_file(&root.real(&path)) {
             Ok(bytes) => {
                 let text = String::from_utf8_lossy(&bytes);
                 scripts.push(InitScript {
@@ -171,11 +178,23 @@ pub fn scan(root: &Root) -> (Vec<InitScript>, Vec<(PathBuf, String)>) {
     (scripts, unreadable)
 }
 
+/// [`list`] and [`read`] in one.
+pub fn scan(root: &Root) -> (Vec<InitScript>, Vec<(PathBuf, String)>) {
+    read(root, list(root))
+}
+
 /// Pull the facts out of a script's text.
 pub fn read_facts(text: &str) -> ScriptFacts {
     let mut facts = ScriptFacts::default();
     let mut vars: HashMap<String, String> = HashMap::new();
     for line in text.lines() {
+        // Only assignments and calls of the vendor's programs say anything; most lines of a
+        // script are comments and case arms, and thousands of scripts are read at boot.
+        let relevant =
+            line.contains('=') || line.contains("startinstance") || line.contains("nodemanager");
+        if !relevant || line.trim_start().starts_with('#') {
+            continue;
+        }
         let words = shell_words(line, &vars);
         let mut rest = &words[..];
         if rest
@@ -378,80 +397,118 @@ fn clean_dir(s: &str) -> PathBuf {
     PathBuf::from(s.trim_end_matches('/'))
 }
 
-/// Decide what a script starts, by what it says, in order: VINSTDIR, startinstance arguments,
-/// a nodemanager call, and only then its name.
-pub fn map(script: &InitScript, inst: &Installation) -> Mapping {
-    let f = &script.facts;
-    let unmapped = |reason: String| Mapping::Unmapped { reason };
-    if let Some(dist) = &f.vdistdir {
-        if clean_dir(dist) != inst.install_dir {
-            return unmapped(format!(
-                "it sets VDISTDIR={dist:?} but this host's installation is {}",
-                inst.install_dir.display()
-            ));
+/// What an instance directory or a group/instance name denotes on this host.
+#[derive(Debug, Clone, Copy)]
+enum Known<'a> {
+    /// A local, generated instance (index into `instances`).
+    Local(usize),
+    /// An instance of another host.
+    Remote(&'a RemoteInstance),
+    /// A local instance left out because of a problem: (group, instance).
+    Rejected(&'a str, &'a str),
+}
+
+/// The installation indexed for mapping scripts: built once, so mapping N scripts costs
+/// O(N), not O(N x instances).
+pub struct Lookup<'a> {
+    inst: &'a Installation,
+    by_dir: HashMap<&'a Path, Known<'a>>,
+    by_name: HashMap<(&'a str, &'a str), Known<'a>>,
+    /// managedomain's script name (`<group>-<instance>`, spaces as dashes) -> local instances.
+    by_convention: HashMap<String, Vec<usize>>,
+}
+
+impl<'a> Lookup<'a> {
+    /// Index an installation.
+    pub fn new(inst: &'a Installation) -> Self {
+        let mut l = Lookup {
+            inst,
+            by_dir: HashMap::new(),
+            by_name: HashMap::new(),
+            by_convention: HashMap::new(),
+        };
+        for (g, n, d) in &inst.rejected_instances {
+            l.by_dir.insert(d, Known::Rejected(g, n));
+            l.by_name.insert((g, n), Known::Rejected(g, n));
         }
+        for r in &inst.remote_instances {
+            l.by_dir.entry(&r.dir).or_insert(Known::Remote(r));
+            l.by_name
+                .entry((&r.group, &r.name))
+                .or_insert(Known::Remote(r));
+        }
+        let dashed = |s: &str| s.replace(' ', "-");
+        for (i, x) in inst.instances.iter().enumerate() {
+            l.by_dir.insert(&x.dir, Known::Local(i));
+            l.by_name.insert((&x.group.name, &x.name), Known::Local(i));
+            l.by_convention
+                .entry(format!("{}-{}", dashed(&x.group.name), dashed(&x.name)))
+                .or_default()
+                .push(i);
+        }
+        l
     }
-    let by_dir = |dir: &str, rule: Rule| -> Mapping {
-        let dir = clean_dir(dir);
-        if let Some(i) = inst.instances.iter().position(|x| x.dir == dir) {
-            return Mapping::Mapped {
-                target: Target::Instance(i),
-                rule,
-            };
-        }
-        if let Some(r) = inst.remote_instances.iter().find(|r| r.dir == dir) {
-            return unmapped(format!(
+
+    fn resolve(&self, known: Option<Known>, what: &str, rule: Rule) -> Mapping {
+        let reason = match known {
+            Some(Known::Local(i)) => {
+                return Mapping::Mapped {
+                    target: Target::Instance(i),
+                    rule,
+                }
+            }
+            Some(Known::Remote(r)) => format!(
                 "{rule} names {}/{}, which runs on host {:?}",
                 r.group, r.name, r.host
-            ));
-        }
-        if let Some((g, n, _)) = inst.rejected_instances.iter().find(|(_, _, d)| *d == dir) {
-            return unmapped(format!(
-                "{rule} names {g}/{n}, which is not generated (see the error above)"
-            ));
-        }
-        unmapped(format!(
-            "{rule} names {}, which is no instance of this host in topology.json",
-            dir.display()
-        ))
-    };
-    if let Some(dir) = &f.vinstdir {
-        return by_dir(dir, Rule::Vinstdir);
+            ),
+            Some(Known::Rejected(g, n)) => {
+                format!("{rule} names {g}/{n}, which is not generated (see the error above)")
+            }
+            None => {
+                format!("{rule} names {what}, which is no instance of this host in topology.json")
+            }
+        };
+        Mapping::Unmapped { reason }
     }
-    if !f.startinstance.is_empty() {
+
+    fn by_dir(&self, dir: &str, rule: Rule) -> Mapping {
+        let dir = clean_dir(dir);
+        self.resolve(
+            self.by_dir.get(dir.as_path()).copied(),
+            &dir.display().to_string(),
+            rule,
+        )
+    }
+
+    fn by_name(&self, group: &str, name: &str) -> Mapping {
+        self.resolve(
+            self.by_name.get(&(group, name)).copied(),
+            &format!("{group}/{name}"),
+            Rule::StartinstanceArgs,
+        )
+    }
+
+    /// Decide what a script starts, by what it says, in order: VINSTDIR, startinstance
+    /// arguments, a nodemanager call, and only then its name.
+    pub fn map(&self, script: &InitScript) -> Mapping {
+        let (f, inst) = (&script.facts, self.inst);
+        let unmapped = |reason: String| Mapping::Unmapped { reason };
+        if let Some(dist) = &f.vdistdir {
+            if clean_dir(dist) != inst.install_dir {
+                return unmapped(format!(
+                    "it sets VDISTDIR={dist:?} but this host's installation is {}",
+                    inst.install_dir.display()
+                ));
+            }
+        }
+        if let Some(dir) = &f.vinstdir {
+            return self.by_dir(dir, Rule::Vinstdir);
+        }
         let mut found: Option<Mapping> = None;
         for call in &f.startinstance {
             let m = match (&call.name, &call.group, &call.dir) {
-                (_, _, Some(dir)) => by_dir(dir, Rule::StartinstanceArgs),
-                (Some(n), Some(g), None) => {
-                    if let Some(i) = inst
-                        .instances
-                        .iter()
-                        .position(|x| &x.name == n && &x.group.name == g)
-                    {
-                        Mapping::Mapped {
-                            target: Target::Instance(i),
-                            rule: Rule::StartinstanceArgs,
-                        }
-                    } else if let Some(r) = inst
-                        .remote_instances
-                        .iter()
-                        .find(|r| &r.name == n && &r.group == g)
-                    {
-                        unmapped(format!(
-                            "its startinstance arguments name {g}/{n}, which runs on host {:?}",
-                            r.host
-                        ))
-                    } else if inst
-                        .rejected_instances
-                        .iter()
-                        .any(|(rg, rn, _)| rg == g && rn == n)
-                    {
-                        unmapped(format!("its startinstance arguments name {g}/{n}, which is not generated (see the error above)"))
-                    } else {
-                        unmapped(format!("its startinstance arguments name {g}/{n}, which is no instance of this host in topology.json"))
-                    }
-                }
+                (_, _, Some(dir)) => self.by_dir(dir, Rule::StartinstanceArgs),
+                (Some(n), Some(g), None) => self.by_name(g, n),
                 _ => unmapped("its startinstance call has neither -n and -g nor -h".to_string()),
             };
             match &found {
@@ -467,45 +524,40 @@ pub fn map(script: &InitScript, inst: &Installation) -> Mapping {
         if let Some(m) = found {
             return m;
         }
-    }
-    if f.calls_nodemanager {
-        return match inst.node_manager {
-            Some(_) => Mapping::Mapped {
-                target: Target::NodeManager,
-                rule: Rule::NodemanagerCall,
-            },
-            None => unmapped(
-                "it calls nodemanager, but topology.json has no Node Manager on this host"
-                    .to_string(),
-            ),
-        };
-    }
-    let dashed = |s: &str| s.replace(' ', "-");
-    let rest = script
-        .name
-        .strip_prefix(SCRIPT_PREFIX)
-        .unwrap_or(&script.name);
-    if let Some(host) = rest.strip_prefix("Node-Manager-on-") {
-        if inst.node_manager.is_some()
-            && (host_matches(&inst.host, host) || inst.host.replace('.', "-") == host)
-        {
-            return Mapping::Mapped {
-                target: Target::NodeManager,
-                rule: Rule::NamingConvention,
+        if f.calls_nodemanager {
+            return match inst.node_manager {
+                Some(_) => Mapping::Mapped {
+                    target: Target::NodeManager,
+                    rule: Rule::NodemanagerCall,
+                },
+                None => unmapped(
+                    "it calls nodemanager, but topology.json has no Node Manager on this host"
+                        .to_string(),
+                ),
             };
         }
-    }
-    let matches: Vec<usize> = inst
-        .instances
-        .iter()
-        .enumerate()
-        .filter(|(_, x)| format!("{}-{}", dashed(&x.group.name), dashed(&x.name)) == rest)
-        .map(|(i, _)| i)
-        .collect();
-    match matches[..] {
-        [i] => Mapping::Mapped { target: Target::Instance(i), rule: Rule::NamingConvention },
-        [] => unmapped("it sets no VINSTDIR, calls neither startinstance nor nodemanager, and its name matches no instance of this host".to_string()),
-        _ => unmapped("its name fits more than one instance".to_string()),
+        let rest = script
+            .name
+            .strip_prefix(SCRIPT_PREFIX)
+            .unwrap_or(&script.name);
+        if let Some(host) = rest.strip_prefix("Node-Manager-on-") {
+            if inst.node_manager.is_some()
+                && (host_matches(&inst.host, host) || inst.host.replace('.', "-") == host)
+            {
+                return Mapping::Mapped {
+                    target: Target::NodeManager,
+                    rule: Rule::NamingConvention,
+                };
+            }
+        }
+        match self.by_convention.get(rest).map(Vec::as_slice) {
+            Some([i]) => Mapping::Mapped { target: Target::Instance(*i), rule: Rule::NamingConvention },
+            Some([_, _, ..]) => unmapped("its name fits more than one instance".to_string()),
+            _ => unmapped(
+                "it sets no VINSTDIR, calls neither startinstance nor nodemanager, and its name matches no instance of this host"
+                    .to_string(),
+            ),
+        }
     }
 }
 

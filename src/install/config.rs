@@ -13,8 +13,9 @@ use std::path::{Path, PathBuf};
 pub struct SettingsPatch {
     /// Start with gateway.target (at boot).
     pub autostart: Option<bool>,
-    /// URL the launcher polls for readiness and the watchdog; `{traffic_port}`,
-    /// `{management_port}` and `{scheme}` are replaced.
+    /// URL the launcher polls for readiness and the watchdog; `{management_port}` and
+    /// `{scheme}` are filled in from topology.json, `{traffic_port}` from envSettings.props at
+    /// each start.
     pub health_url: Option<String>,
     /// How long the LB health endpoint answers 503 before the gateway stops (0 = no drain).
     pub drain_delay: Option<TimeSpan>,

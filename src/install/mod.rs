@@ -10,6 +10,7 @@ pub mod topology;
 use crate::units::name::{self, NameError};
 pub use config::{Config, Origin, SettingsPatch};
 pub use props::Ports;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -224,8 +225,13 @@ impl Root {
 
     /// Read a file by its logical path; `Ok(None)` when it does not exist.
     pub fn read(&self, logical: &Path) -> Result<Option<String>, InstallError> {
-        match fs::read_to_string(self.real(logical)) {
-            Ok(text) => Ok(Some(text)),
+        match read_small_file(&self.real(logical)) {
+            Ok(bytes) => String::from_utf8(bytes)
+                .map(Some)
+                .map_err(|_| InstallError::Unreadable {
+                    path: logical.to_path_buf(),
+                    detail: "not UTF-8 text".to_string(),
+                }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(InstallError::Unreadable {
                 path: logical.to_path_buf(),
@@ -237,6 +243,31 @@ impl Root {
     /// Whether a logical path is a directory.
     pub fn is_dir(&self, logical: &Path) -> bool {
         self.real(logical).is_dir()
+    }
+}
+
+/// Read a whole regular file with as few system calls as possible: no fstat for a size hint
+/// (unlike `fs::read`), and a read that returns less than it was asked for ends the file, which
+/// holds for regular files on Linux. The generator reads thousands of small files at boot.
+pub fn read_small_file(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    const CHUNK: usize = 16 * 1024;
+    let mut file = fs::File::open(path)?;
+    let mut buf = vec![0u8; CHUNK];
+    let mut len = 0;
+    loop {
+        match file.read(&mut buf[len..]) {
+            Ok(n) => {
+                len += n;
+                if len < buf.len() {
+                    buf.truncate(len);
+                    return Ok(buf);
+                }
+                buf.resize(buf.len() * 2, 0);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -293,8 +324,6 @@ pub struct Instance {
     pub name: String,
     /// `<install>/groups/<group id>/<instance id>` (the vendor's VINSTDIR).
     pub dir: PathBuf,
-    /// Ports from envSettings.props.
-    pub ports: Ports,
     /// Management port from topology.json.
     pub management_port: Option<u16>,
     /// Resolved settings.
@@ -307,6 +336,36 @@ impl Instance {
     /// `gateway@<instance string>.service`.
     pub fn unit(&self) -> String {
         format!("gateway@{}.service", self.instance_string)
+    }
+
+    /// The ports of the instance's `conf/envSettings.props`, read now: the vendor's tools
+    /// change that file on deployments, so it is read when needed (at each start), not once
+    /// at boot.
+    pub fn read_ports(&self, root: &Root) -> Result<Ports, InstallError> {
+        Ok(root
+            .read(&self.dir.join(ENV_SETTINGS))?
+            .map(|t| props::parse_ports(&t))
+            .unwrap_or_default())
+    }
+}
+
+/// The per-instance properties file of the vendor, relative to the instance directory.
+pub const ENV_SETTINGS: &str = "conf/envSettings.props";
+/// Placeholder in `health_url` for `env.PORT.TRAFFIC`, filled in by the launcher at each start.
+pub const TRAFFIC_PORT_VAR: &str = "{traffic_port}";
+/// Placeholder in `health_url` for the management port, filled in from topology.json.
+pub const MANAGEMENT_PORT_VAR: &str = "{management_port}";
+
+/// Fill the `{traffic_port}` of a health URL from the instance's current ports.
+pub fn complete_health_url(url: &str, ports: Ports) -> Result<String, String> {
+    if !url.contains(TRAFFIC_PORT_VAR) {
+        return Ok(url.to_string());
+    }
+    match ports.traffic {
+        Some(p) => Ok(url.replace(TRAFFIC_PORT_VAR, &p.to_string())),
+        None => Err(format!(
+            "health URL {url:?} needs {TRAFFIC_PORT_VAR}, but {ENV_SETTINGS} sets no env.PORT.TRAFFIC; add it, or set health_url for this instance"
+        )),
     }
 }
 
@@ -530,18 +589,24 @@ fn resolve(
         .copied()
         .filter(|s| local_ids.contains(&s.host_id.as_str()))
         .collect();
-    let mut seen_dup = Vec::new();
+    let mut by_name: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
+    let mut by_dir: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
+    for (i, s) in local.iter().enumerate() {
+        by_name.entry((&s.group.name, &s.name)).or_default().push(i);
+        by_dir.entry((&s.group.id, &s.id)).or_default().push(i);
+    }
+    let mut seen_dup: HashSet<(&str, &str)> = HashSet::new();
     for s in &local {
-        let same: Vec<&&Service> = local
-            .iter()
-            .filter(|o| {
-                (o.group.name == s.group.name && o.name == s.name)
-                    || (o.group.id == s.group.id && o.id == s.id)
-            })
-            .collect();
-        if same.len() > 1 && !seen_dup.contains(&(s.group.name.clone(), s.name.clone())) {
-            for o in &same {
-                seen_dup.push((o.group.name.clone(), o.name.clone()));
+        if seen_dup.contains(&(s.group.name.as_str(), s.name.as_str())) {
+            continue;
+        }
+        let mut same: Vec<usize> = by_name[&(s.group.name.as_str(), s.name.as_str())].clone();
+        same.extend(&by_dir[&(s.group.id.as_str(), s.id.as_str())]);
+        same.sort_unstable();
+        same.dedup();
+        if same.len() > 1 {
+            for &o in &same {
+                seen_dup.insert((&local[o].group.name, &local[o].name));
             }
             problems.push(Problem::error(InstallError::Duplicate {
                 path: topology_path.to_path_buf(),
@@ -549,7 +614,8 @@ fn resolve(
                 name: s.name.clone(),
                 others: same
                     .iter()
-                    .filter(|o| !std::ptr::eq(***o, *s))
+                    .map(|&o| local[o])
+                    .filter(|o| !std::ptr::eq(*o, *s))
                     .map(|o| format!("{}/{} ({}/{})", o.group.name, o.name, o.group.id, o.id))
                     .collect::<Vec<_>>()
                     .join(", "),
@@ -559,7 +625,7 @@ fn resolve(
 
     let mut defaults = builtin_defaults();
     defaults.overlay(&config.defaults);
-    let mut used_keys = Vec::new();
+    let mut used_keys: HashSet<String> = HashSet::new();
     for s in &gateways {
         let dir = inst
             .install_dir
@@ -576,7 +642,7 @@ fn resolve(
             continue;
         }
         let key = format!("{}/{}", s.group.name, s.name);
-        used_keys.push(key.clone());
+        used_keys.insert(key.clone());
         if let Some((what, id)) = [("group id", &s.group.id), ("instance id", &s.id)]
             .into_iter()
             .find(|(_, id)| !is_dir_name(id))
@@ -592,7 +658,7 @@ fn resolve(
             inst.rejected_instances
                 .push((s.group.name.clone(), s.name.clone(), dir.clone()))
         };
-        if seen_dup.contains(&(s.group.name.clone(), s.name.clone())) {
+        if seen_dup.contains(&(s.group.name.as_str(), s.name.as_str())) {
             reject(inst);
             continue;
         }
@@ -629,15 +695,6 @@ fn resolve(
             reject(inst);
             continue;
         }
-        let props_path = dir.join("conf/envSettings.props");
-        let ports = match root.read(&props_path) {
-            Ok(Some(text)) => props::parse_ports(&text),
-            Ok(None) => Ports::default(),
-            Err(e) => {
-                problems.push(Problem::warning(e));
-                Ports::default()
-            }
-        };
         let mut patch = defaults.clone();
         if !s.enabled {
             patch.autostart = Some(false);
@@ -650,7 +707,6 @@ fn resolve(
             None => format!("[instances.{key:?}]"),
         };
         let vars = UrlVars {
-            traffic_port: ports.traffic,
             management_port: s.management_port,
             scheme: &s.scheme,
         };
@@ -660,7 +716,6 @@ fn resolve(
                 id: s.id.clone(),
                 name: s.name.clone(),
                 dir,
-                ports,
                 management_port: s.management_port,
                 settings,
                 instance_string,
@@ -685,7 +740,6 @@ fn resolve(
             patch.autostart = Some(false);
         }
         let vars = UrlVars {
-            traffic_port: None,
             management_port: nm.management_port,
             scheme: &nm.scheme,
         };
@@ -757,7 +811,6 @@ pub fn builtin_defaults() -> SettingsPatch {
 }
 
 struct UrlVars<'a> {
-    traffic_port: Option<u16>,
     management_port: Option<u16>,
     scheme: &'a str,
 }
@@ -775,24 +828,11 @@ fn settle(
     };
     let template = patch.health_url.clone().unwrap_or_default();
     let mut health_url = template.replace("{scheme}", vars.scheme);
-    for (var, value, source) in [
-        (
-            "{traffic_port}",
-            vars.traffic_port,
-            "env.PORT.TRAFFIC in the instance's conf/envSettings.props",
-        ),
-        (
-            "{management_port}",
-            vars.management_port,
-            "managementPort in topology.json",
-        ),
-    ] {
-        if health_url.contains(var) {
-            let port = value.ok_or_else(|| {
-                bad(format!("{key}: health_url {template:?} needs {var} but {source} is not set; set it, or set health_url"))
-            })?;
-            health_url = health_url.replace(var, &port.to_string());
-        }
+    if health_url.contains(MANAGEMENT_PORT_VAR) {
+        let port = vars.management_port.ok_or_else(|| {
+            bad(format!("{key}: health_url {template:?} needs {MANAGEMENT_PORT_VAR} but managementPort in topology.json is not set; set it, or set health_url"))
+        })?;
+        health_url = health_url.replace(MANAGEMENT_PORT_VAR, &port.to_string());
     }
     if !(health_url.starts_with("http://") || health_url.starts_with("https://")) {
         return Err(bad(format!(
@@ -916,6 +956,26 @@ mod tests {
         assert!(!host_matches("gw1.example.com", "gw1.other.com"));
         assert!(!host_matches("gw10", "gw1"));
         assert!(!host_matches("", ""));
+    }
+
+    #[test]
+    fn traffic_port_is_filled_in_at_start() {
+        let url = "http://127.0.0.1:{traffic_port}/healthcheck";
+        let ports = Ports {
+            traffic: Some(8080),
+            management: None,
+        };
+        assert_eq!(
+            complete_health_url(url, ports).unwrap(),
+            "http://127.0.0.1:8080/healthcheck"
+        );
+        assert!(complete_health_url(url, Ports::default())
+            .unwrap_err()
+            .contains("env.PORT.TRAFFIC"));
+        assert_eq!(
+            complete_health_url("http://x/", Ports::default()).unwrap(),
+            "http://x/"
+        );
     }
 
     #[test]

@@ -93,7 +93,8 @@ fn instance_unit_is_loaded_with_its_drop_in(c: &Container) -> Result<(), Failed>
     for want in [
         "VDISTDIR=/opt/apigateway",
         "VINSTDIR=/opt/apigateway/groups/group-2/instance-1",
-        "GATEWAY_HEALTH_URL=http://127.0.0.1:8080/healthcheck",
+        "GATEWAY_HEALTH_URL=http://127.0.0.1:{traffic_port}/healthcheck",
+        "GATEWAY_MANAGEMENT_PORT=8085",
     ] {
         check(env.contains(want), || {
             format!("Environment of {SERVER1} lacks {want}: {env}")
