@@ -77,7 +77,8 @@ pub fn have_systemd_analyze() -> bool {
 }
 
 /// Verify every unit the generator wrote into `normal` (drop-ins combined with our templates)
-/// with `systemd-analyze verify --root`. Returns the offending output, if any.
+/// with `systemd-analyze verify --root`, and check that each service's exposure
+/// (`systemd-analyze security`) stays at most 1.5. Returns the offending output, if any.
 pub fn verify_generated(normal: &Path, scratch: &Path) -> Result<(), String> {
     let root = scratch.join("verify-root");
     let _ = fs::remove_dir_all(&root);
@@ -124,14 +125,36 @@ pub fn verify_generated(normal: &Path, scratch: &Path) -> Result<(), String> {
         })
         .collect();
     let only_pending = !out.status.success() && bad.is_empty() && !text.is_empty();
-    if (out.status.success() || only_pending) && bad.is_empty() {
-        Ok(())
-    } else {
-        Err(format!(
+    if !((out.status.success() || only_pending) && bad.is_empty()) {
+        return Err(format!(
             "systemd-analyze verify {} failed ({}):\n{}",
             units.join(" "),
             out.status,
             bad.join("\n")
+        ));
+    }
+    // Every generated service keeps the hardening of its template: exposure at most 1.5.
+    let services: Vec<&String> = units.iter().filter(|u| u.ends_with(".service")).collect();
+    if services.is_empty() {
+        return Ok(());
+    }
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--threshold=15"])
+        .arg(format!("--root={}", root.display()))
+        .args(&services)
+        .output()
+        .expect("run systemd-analyze security");
+    if out.status.success() {
+        Ok(())
+    } else {
+        let text = String::from_utf8_lossy(&out.stdout);
+        let overall: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("Overall exposure"))
+            .collect();
+        Err(format!(
+            "an exposure level is above 1.5:\n{}",
+            overall.join("\n")
         ))
     }
 }
