@@ -74,6 +74,7 @@ pub struct Container {
 impl Container {
     /// Prepare the overlay, let `setup` write into the container's root, and boot it.
     pub fn boot(setup: impl FnOnce(&Path) -> Result<(), String>) -> Result<Container, String> {
+        remove_stale_containers();
         let name = format!(
             "gwsys-{}-{}",
             std::process::id(),
@@ -278,6 +279,35 @@ impl Drop for Container {
         }
         let _ = fs::remove_dir_all(&self.base);
         let _ = fs::remove_file(self.base.with_extension("console"));
+    }
+}
+
+/// Clean up after test runs that were killed before their destructors ran: a
+/// `/var/tmp/gwsys-<pid>-<n>` whose process is gone still has its overlay mounted.
+fn remove_stale_containers() {
+    let Ok(entries) = fs::read_dir("/var/tmp") else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let Some(pid) = name
+            .strip_prefix("gwsys-")
+            .and_then(|r| r.split('-').next())
+        else {
+            continue;
+        };
+        if !e.path().is_dir() || Path::new("/proc").join(pid).exists() {
+            continue;
+        }
+        for m in ["root", "upper"] {
+            let _ = Command::new("umount")
+                .arg("--lazy")
+                .arg(e.path().join(m))
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = fs::remove_dir_all(e.path());
+        let _ = fs::remove_file(e.path().with_extension("console"));
     }
 }
 
