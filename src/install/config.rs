@@ -33,6 +33,13 @@ pub struct SettingsPatch {
     pub encrypted_credentials: Option<Vec<String>>,
     /// The gateway's own start command (argv), run in the foreground by the launcher.
     pub start_command: Option<Vec<String>>,
+    /// Where the launcher serves the load balancer's health endpoint (`address:port`);
+    /// empty = nowhere. Default: all addresses, port = management port + 10000.
+    pub lb_health_listen: Option<String>,
+    /// Path of that endpoint.
+    pub lb_health_path: Option<String>,
+    /// Ask for the passphrase with systemd-ask-password at start (like `startinstance -P`).
+    pub ask_passphrase: Option<bool>,
 }
 
 impl SettingsPatch {
@@ -51,7 +58,10 @@ impl SettingsPatch {
             cassandra,
             credentials,
             encrypted_credentials,
-            start_command
+            start_command,
+            lb_health_listen,
+            lb_health_path,
+            ask_passphrase
         );
     }
 }

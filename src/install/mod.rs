@@ -303,6 +303,12 @@ pub struct InstanceSettings {
     pub credentials: Vec<Credential>,
     /// The gateway's own start command, when configured (else the launcher's default).
     pub start_command: Option<Vec<String>>,
+    /// Where the LB health endpoint listens, if anywhere.
+    pub lb_health_listen: Option<std::net::SocketAddr>,
+    /// Its path.
+    pub lb_health_path: String,
+    /// Ask for the passphrase at start.
+    pub ask_passphrase: bool,
 }
 
 impl InstanceSettings {
@@ -807,8 +813,16 @@ pub fn builtin_defaults() -> SettingsPatch {
         credentials: Some(Vec::new()),
         encrypted_credentials: Some(Vec::new()),
         start_command: None,
+        lb_health_listen: None,
+        lb_health_path: Some(DEFAULT_LB_HEALTH_PATH.to_string()),
+        ask_passphrase: Some(false),
     }
 }
+
+/// The path of the vendor's Health Check LB policy, which load balancers already poll.
+pub const DEFAULT_LB_HEALTH_PATH: &str = "/healthchecklb";
+/// Without `lb_health_listen`, the LB health endpoint listens on the management port plus this.
+pub const LB_HEALTH_PORT_OFFSET: u16 = 10000;
 
 struct UrlVars<'a> {
     management_port: Option<u16>,
@@ -878,7 +892,29 @@ fn settle(
             return Err(bad(format!("{key}: start_command must be a list whose first element is an absolute path, e.g. [\"/opt/apigateway/posix/bin/startinstance\", \"-h\", \"...\"]")));
         }
     }
+    let lb_health_listen = match patch.lb_health_listen.as_deref() {
+        Some("") => None,
+        Some(text) => Some(text.parse().map_err(|_| {
+            bad(format!("{key}: lb_health_listen {text:?} is not address:port; write e.g. \"0.0.0.0:18085\", or \"\" for none"))
+        })?),
+        None => vars
+            .management_port
+            .and_then(|p| p.checked_add(LB_HEALTH_PORT_OFFSET))
+            .map(|p| std::net::SocketAddr::from(([0, 0, 0, 0], p))),
+    };
+    let lb_health_path = patch
+        .lb_health_path
+        .clone()
+        .unwrap_or_else(|| DEFAULT_LB_HEALTH_PATH.to_string());
+    if !lb_health_path.starts_with('/') || lb_health_path.contains(char::is_whitespace) {
+        return Err(bad(format!(
+            "{key}: lb_health_path {lb_health_path:?} must be a URL path like \"/healthchecklb\""
+        )));
+    }
     Ok(InstanceSettings {
+        lb_health_listen,
+        lb_health_path,
+        ask_passphrase: patch.ask_passphrase.unwrap_or(false),
         autostart: patch.autostart.unwrap_or(true),
         health_url,
         drain_delay,

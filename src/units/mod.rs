@@ -108,6 +108,13 @@ fn common_service_lines(out: &mut String, inst: &Installation, s: &InstanceSetti
             &serde_json::to_string(cmd).unwrap_or_default(),
         );
     }
+    if let Some(addr) = s.lb_health_listen {
+        env(out, "GATEWAY_LB_HEALTH", &addr.to_string());
+        env(out, "GATEWAY_LB_HEALTH_PATH", &s.lb_health_path);
+    }
+    if s.ask_passphrase {
+        env(out, "GATEWAY_ASK_PASSPHRASE", "1");
+    }
     if inst.user != DEFAULT_USER || inst.group != DEFAULT_USER {
         let _ = writeln!(
             out,
@@ -120,7 +127,11 @@ fn common_service_lines(out: &mut String, inst: &Installation, s: &InstanceSetti
         out.push_str("# The installation is under a home directory, which ProtectHome=yes would hide.\nProtectHome=no\n");
     }
     let _ = writeln!(out, "WatchdogSec={}", s.watchdog);
-    let _ = writeln!(out, "TimeoutStartSec={}", s.start_timeout);
+    // systemd gives up on a start that shows no progress for this long; the launcher extends it
+    // while the gateway makes progress, up to start_timeout.
+    let window =
+        crate::install::TimeSpan(crate::launch::START_PROGRESS_WINDOW).min(s.start_timeout);
+    let _ = writeln!(out, "TimeoutStartSec={window}");
     let _ = writeln!(out, "TimeoutStopSec={}", s.stop_timeout());
     credential_lines(out, &s.credentials);
 }

@@ -5,7 +5,6 @@
 //! powers it off and unmounts everything, also when a test panics.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -56,11 +55,6 @@ fn run(cmd: &mut Command) -> Result<Output, String> {
             String::from_utf8_lossy(&out.stderr)
         ))
     }
-}
-
-/// The crate root.
-pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// A booted container.
@@ -209,6 +203,18 @@ impl Container {
             .expect("run nsenter")
     }
 
+    /// Start a command inside without waiting for it.
+    pub fn spawn<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Child {
+        Command::new("nsenter")
+            .args(["-t", &self.pid1.to_string(), "-a"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run nsenter")
+    }
+
     /// Run a command inside and return its stdout, failing when it fails.
     pub fn ok<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Result<String, String> {
         let out = self.exec(args);
@@ -309,40 +315,6 @@ fn remove_stale_containers() {
         let _ = fs::remove_dir_all(e.path());
         let _ = fs::remove_file(e.path().with_extension("console"));
     }
-}
-
-/// Install the package's files into `root` as `packaging/layout` says, with `bins` naming the
-/// built binaries.
-pub fn install_package(root: &Path, bins: &[(&str, PathBuf)]) -> Result<(), String> {
-    let layout = fs::read_to_string(repo().join("packaging/layout"))
-        .map_err(|e| format!("packaging/layout: {e}"))?;
-    for line in layout
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-    {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let [source, dest, mode] = fields[..] else {
-            return Err(format!("packaging/layout: bad line {line:?}"));
-        };
-        let from = match source.strip_prefix("bin:") {
-            Some(name) => bins
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, p)| p.clone())
-                .ok_or_else(|| {
-                    format!("packaging/layout names binary {name}, which the tests were not given")
-                })?,
-            None => repo().join(source),
-        };
-        let to = root.join(dest.trim_start_matches('/'));
-        fs::create_dir_all(to.parent().unwrap()).map_err(|e| e.to_string())?;
-        fs::copy(&from, &to).map_err(|e| format!("{} -> {}: {e}", from.display(), to.display()))?;
-        let mode =
-            u32::from_str_radix(mode, 8).map_err(|e| format!("packaging/layout: {mode}: {e}"))?;
-        fs::set_permissions(&to, fs::Permissions::from_mode(mode)).map_err(|e| e.to_string())?;
-    }
-    Ok(())
 }
 
 /// Copy a domain tree (`opt/`, `etc/`) into the container's root.

@@ -3,12 +3,16 @@
 //! Without root or systemd-nspawn they are skipped on a workstation, but with `CI=true` a
 //! missing prerequisite fails the run: a green CI means these ran.
 
+#[path = "../common/mod.rs"]
+mod common;
 mod harness;
+mod launcher;
 
-use harness::{install_domain, install_package, Container};
+use common::install_package;
+use harness::{install_domain, Container};
 use libtest_mimic::{Arguments, Failed, Trial};
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 const SERVER1: &str = "gateway@group1-server1.service";
@@ -16,26 +20,33 @@ const SERVER2: &str = "gateway@group1-server2.service";
 const EDGE: &str = r"gateway@payments\x2deu-edge\x20node\x201.service";
 const NODE_MANAGER: &str = "gateway-nodemanager.service";
 
-fn bins() -> Vec<(&'static str, PathBuf)> {
-    vec![(
-        "gateway-generator",
-        PathBuf::from(env!("CARGO_BIN_EXE_gateway-generator")),
-    )]
-}
-
 /// A legacy script that maps to nothing: it must be left to systemd-sysv-generator.
 const UNRELATED_SCRIPT: &str =
     "#!/bin/sh\n### BEGIN INIT INFO\n# Provides: vshell-unrelated\n# Default-Start: 2 3 4 5\n\
 # Default-Stop: 0 1 6\n### END INIT INFO\necho \"not an API Gateway\"\n";
 
 fn setup_host(root: &Path, domain: &Path) -> Result<(), String> {
-    install_package(root, &bins())?;
+    install_package(root)?;
     install_domain(root, domain)?;
     fs::write(root.join("etc/hostname"), "gw1.example.com\n").map_err(|e| e.to_string())?;
     let script = root.join("etc/init.d/vshell-unrelated");
     fs::write(&script, UNRELATED_SCRIPT).map_err(|e| e.to_string())?;
     fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    // Compile the journal catalog as the package's postinst does.
+    let out = std::process::Command::new("journalctl")
+        .arg(format!("--root={}", root.display()))
+        .arg("--update-catalog")
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "journalctl --update-catalog: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
 }
 
 /// The demo domain's container, booted on first use and shared by the tests that only read.
@@ -45,7 +56,7 @@ impl Shared {
     fn get(&self) -> Result<Arc<Container>, Failed> {
         let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let booted = slot.get_or_insert_with(|| {
-            Container::boot(|root| setup_host(root, &harness::repo().join("demo/domain")))
+            Container::boot(|root| setup_host(root, &common::repo().join("demo/domain")))
                 .map(Arc::new)
         });
         booted
@@ -101,8 +112,8 @@ fn instance_unit_is_loaded_with_its_drop_in(c: &Container) -> Result<(), Failed>
         })?;
     }
     let stop = c.property(SERVER1, "TimeoutStopUSec")?;
-    check(stop == "40s", || {
-        format!("TimeoutStopUSec of {SERVER1} is {stop}, expected drain 10s + grace 30s")
+    check(stop == "33s", || {
+        format!("TimeoutStopUSec of {SERVER1} is {stop}, expected the demo's drain 3s + grace 30s")
     })?;
     let user = c.property(SERVER1, "User")?;
     check(user == "gateway", || {
@@ -219,7 +230,7 @@ fn daemon_reload_applies_config_changes(c: &Container) -> Result<(), Failed> {
 
 fn broken_topology_still_boots_to_running_with_the_good_instances() -> Result<(), Failed> {
     let c = Container::boot(|root| {
-        setup_host(root, &harness::repo().join("demo/domain"))?;
+        setup_host(root, &common::repo().join("demo/domain"))?;
         let topology = root.join("opt/apigateway/groups/topology.json");
         let text = fs::read_to_string(&topology).map_err(|e| e.to_string())?;
         // server2 loses its hostID; a new entry names a directory outside the installation.
@@ -275,33 +286,58 @@ fn main() {
     }
     let shared = Arc::new(Shared(Mutex::new(None)));
     type Check = fn(&Container) -> Result<(), Failed>;
-    let shared_tests: [(&str, Check); 5] = [
+    let shared_tests: Vec<(&str, Check)> = vec![
         (
-            "instance_unit_is_loaded_with_its_drop_in",
+            "generator::instance_unit_is_loaded_with_its_drop_in",
             instance_unit_is_loaded_with_its_drop_in,
         ),
         (
-            "escaped_names_resolve_to_the_operators_names",
+            "generator::escaped_names_resolve_to_the_operators_names",
             escaped_names_resolve_to_the_operators_names,
         ),
         (
-            "gateway_target_wants_the_autostart_instances",
+            "generator::gateway_target_wants_the_autostart_instances",
             gateway_target_wants_the_autostart_instances,
         ),
         (
-            "legacy_init_scripts_are_masked_while_they_still_exist",
+            "generator::legacy_init_scripts_are_masked_while_they_still_exist",
             legacy_init_scripts_are_masked_while_they_still_exist,
         ),
         (
-            "daemon_reload_applies_config_changes",
+            "generator::daemon_reload_applies_config_changes",
             daemon_reload_applies_config_changes,
+        ),
+        (
+            "launcher::start_waits_for_the_health_check",
+            launcher::start_waits_for_the_health_check,
+        ),
+        (
+            "launcher::hung_gateway_is_restarted_by_the_watchdog",
+            launcher::hung_gateway_is_restarted_by_the_watchdog,
+        ),
+        (
+            "launcher::crashed_gateway_is_restarted",
+            launcher::crashed_gateway_is_restarted,
+        ),
+        (
+            "launcher::stop_drains_then_stops",
+            launcher::stop_drains_then_stops,
+        ),
+        ("launcher::restart_drains", launcher::restart_drains),
+        (
+            "launcher::passphrase_is_delivered_and_never_exposed",
+            launcher::passphrase_is_delivered_and_never_exposed,
+        ),
+        (
+            "launcher::journal_fields_and_catalog",
+            launcher::journal_fields_and_catalog,
         ),
     ];
     let mut trials: Vec<Trial> = shared_tests
         .into_iter()
         .map(|(name, f)| {
             let shared = shared.clone();
-            Trial::test(format!("generator::{name}"), move || {
+            Trial::test(name, move || {
                 let c = shared.get()?;
                 f(&c)
             })

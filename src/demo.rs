@@ -1,0 +1,213 @@
+//! The demo gateway: a real HTTP service standing in for the vendor's gateway in tests and in
+//! the README demo. It serves traffic (`/echo`, GET and POST, with an optional delay), answers
+//! its own health check (`/healthcheck`), and can be told to start slowly, hang, crash, or
+//! ignore SIGTERM for a while.
+
+use clap::Parser;
+use std::io::{BufRead, Read};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// A small HTTP service that behaves like an API Gateway instance for tests and demos.
+#[derive(Debug, Parser)]
+#[command(name = "gateway-demo", version, about, long_about = None, after_help = "\
+Endpoints:
+  GET  /healthcheck              200 once started (503 during --start-delay)
+  GET  /echo?x=1&delay_ms=N      echoes the query (after N ms)
+  POST /echo?delay_ms=N          echoes the body
+  GET  /demo/status              JSON: state, pid, passphrase length, first healthy answer (µs since epoch)
+  POST /demo/hang                stop answering anything (the process stays alive)
+  POST /demo/crash               abort (SIGABRT)
+  POST /demo/ignore-sigterm?secs=N  keep running N s after SIGTERM
+
+The port defaults to env.PORT.TRAFFIC of ./conf/envSettings.props (the instance directory the
+launcher runs it in), else 8080.")]
+pub struct Options {
+    /// Address to listen on; the port defaults to the instance's traffic port.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Answer the health check with 503 for this long after starting (e.g. 3s).
+    #[arg(long, value_parser = parse_span, default_value = "0s")]
+    pub start_delay: Duration,
+    /// Read a passphrase line from stdin before starting; exit 2 without one.
+    #[arg(long)]
+    pub require_passphrase: bool,
+    /// Keep running this long after SIGTERM before exiting.
+    #[arg(long, value_parser = parse_span, default_value = "0s")]
+    pub ignore_sigterm: Duration,
+    /// Worker threads.
+    #[arg(long, default_value_t = 4)]
+    pub threads: usize,
+}
+
+fn parse_span(s: &str) -> Result<Duration, String> {
+    crate::install::TimeSpan::parse(s).map(|t| t.0)
+}
+
+struct State {
+    started: Instant,
+    start_delay: Duration,
+    hung: AtomicBool,
+    ignore_sigterm_ms: AtomicU64,
+    first_healthy_us: AtomicU64,
+    passphrase_bytes: usize,
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+fn query_param(url: &str, key: &str) -> Option<String> {
+    let q = url.split_once('?')?.1;
+    q.split('&').find_map(|kv| {
+        kv.split_once('=')
+            .filter(|(k, _)| *k == key)
+            .map(|(_, v)| v.to_string())
+    })
+}
+
+fn default_listen() -> SocketAddr {
+    let port = std::fs::read_to_string("conf/envSettings.props")
+        .ok()
+        .and_then(|t| crate::install::props::parse_ports(&t).traffic)
+        .unwrap_or(8080);
+    SocketAddr::from(([0, 0, 0, 0], port))
+}
+
+/// Run the demo gateway; returns the exit status.
+pub fn main(opts: Options) -> i32 {
+    // SIGTERM is handled by a thread of ours (to honour --ignore-sigterm).
+    let mut term = nix::sys::signal::SigSet::empty();
+    term.add(nix::sys::signal::Signal::SIGTERM);
+    let _ = term.thread_block();
+
+    let mut passphrase_bytes = 0;
+    if opts.require_passphrase {
+        let mut line = String::new();
+        let _ = std::io::stdin().lock().read_line(&mut line);
+        let secret = line.trim_end_matches('\n');
+        if secret.is_empty() {
+            eprintln!("gateway-demo: no passphrase on stdin; refusing to start");
+            return 2;
+        }
+        passphrase_bytes = secret.len();
+        println!("gateway-demo: passphrase received ({passphrase_bytes} bytes)");
+    }
+    let listen = opts.listen.unwrap_or_else(default_listen);
+    let server = match tiny_http::Server::http(listen) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            eprintln!("gateway-demo: cannot listen on {listen}: {e}");
+            return 1;
+        }
+    };
+    let state = Arc::new(State {
+        started: Instant::now(),
+        start_delay: opts.start_delay,
+        hung: AtomicBool::new(false),
+        ignore_sigterm_ms: AtomicU64::new(opts.ignore_sigterm.as_millis() as u64),
+        first_healthy_us: AtomicU64::new(0),
+        passphrase_bytes,
+    });
+    println!(
+        "gateway-demo: pid {} listening on {listen} (healthy after {:?})",
+        std::process::id(),
+        opts.start_delay
+    );
+
+    let sig_state = state.clone();
+    std::thread::spawn(move || {
+        if term.wait().is_ok() {
+            let ms = sig_state.ignore_sigterm_ms.load(Ordering::SeqCst);
+            if ms > 0 {
+                println!("gateway-demo: SIGTERM received; ignoring it for {ms} ms");
+                std::thread::sleep(Duration::from_millis(ms));
+            }
+            println!("gateway-demo: stopping on SIGTERM");
+            std::process::exit(0);
+        }
+    });
+
+    let workers: Vec<_> = (0..opts.threads.max(1))
+        .map(|_| {
+            let (server, state) = (server.clone(), state.clone());
+            std::thread::spawn(move || {
+                while let Ok(request) = server.recv() {
+                    serve(request, &state);
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        let _ = w.join();
+    }
+    0
+}
+
+fn serve(mut request: tiny_http::Request, state: &State) {
+    if state.hung.load(Ordering::SeqCst) {
+        // Hung: hold the connection and never answer, like a deadlocked gateway.
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+    let url = request.url().to_string();
+    let path = url.split('?').next().unwrap_or("").to_string();
+    let method = request.method().clone();
+    let (code, body) = match (&method, path.as_str()) {
+        (tiny_http::Method::Get, "/healthcheck") => {
+            if state.started.elapsed() >= state.start_delay {
+                if state.first_healthy_us.load(Ordering::SeqCst) == 0 {
+                    let us = now_us();
+                    if state.first_healthy_us.compare_exchange(0, us, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+                        println!("gateway-demo: first healthy answer at {us} us");
+                    }
+                }
+                (200, "ok\n".to_string())
+            } else {
+                (503, "starting\n".to_string())
+            }
+        }
+        (_, "/echo") => {
+            if let Some(ms) = query_param(&url, "delay_ms").and_then(|v| v.parse::<u64>().ok()) {
+                std::thread::sleep(Duration::from_millis(ms.min(60_000)));
+            }
+            let mut body = String::new();
+            let _ = request.as_reader().take(1 << 20).read_to_string(&mut body);
+            (200, if method == tiny_http::Method::Post { body } else { url.split_once('?').map_or("", |q| q.1).to_string() + "\n" })
+        }
+        (tiny_http::Method::Get, "/demo/status") => (
+            200,
+            serde_json::json!({
+                "state": if state.started.elapsed() >= state.start_delay { "started" } else { "starting" },
+                "pid": std::process::id(),
+                "passphrase_bytes": state.passphrase_bytes,
+                "first_healthy_us": state.first_healthy_us.load(Ordering::SeqCst),
+            })
+            .to_string()
+                + "\n",
+        ),
+        (tiny_http::Method::Post, "/demo/hang") => {
+            println!("gateway-demo: told to hang; no more answers");
+            state.hung.store(true, Ordering::SeqCst);
+            (200, "hanging\n".to_string())
+        }
+        (tiny_http::Method::Post, "/demo/crash") => {
+            println!("gateway-demo: told to crash");
+            let _ = request.respond(tiny_http::Response::from_string("crashing\n"));
+            std::process::abort();
+        }
+        (tiny_http::Method::Post, "/demo/ignore-sigterm") => {
+            let secs = query_param(&url, "secs").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            state.ignore_sigterm_ms.store(secs * 1000, Ordering::SeqCst);
+            (200, format!("ignoring SIGTERM for {secs}s\n"))
+        }
+        _ => (404, "not found\n".to_string()),
+    };
+    let _ = request.respond(tiny_http::Response::from_string(body).with_status_code(code));
+}

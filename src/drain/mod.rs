@@ -1,0 +1,124 @@
+//! Zero-downtime stop: the drain protocol between `gatewayctl drain` (run by `ExecStop=`) and
+//! the instance's launcher, over the launcher's control socket.
+//!
+//! The client writes `drain`; the launcher turns its LB health endpoint to 503 and answers
+//! `draining <ms>`, then `drained` once the drain delay is over. The drain goes on even if
+//! the client leaves (a plain `drain` without waiting).
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Parent of every instance's runtime directory (`RuntimeDirectory=gateway/%i`).
+pub const RUNTIME_ROOT: &str = "/run/gateway";
+/// The control socket's name inside the runtime directory.
+pub const SOCKET_NAME: &str = "control";
+
+/// The control socket of an instance, by its instance string (`group1-server1`).
+pub fn control_socket(instance_string: &str) -> PathBuf {
+    Path::new(RUNTIME_ROOT)
+        .join(instance_string)
+        .join(SOCKET_NAME)
+}
+
+/// What can go wrong when asking a launcher to drain.
+#[derive(Debug, thiserror::Error)]
+pub enum DrainError {
+    /// No launcher listens: the instance is not running.
+    #[error("{} does not exist: the instance is not running, so there is nothing to drain", socket.display())]
+    NotRunning {
+        /// The socket path.
+        socket: PathBuf,
+    },
+    /// The socket refused us (wrong user).
+    #[error("{}: permission denied; run as root or as the instance's user", socket.display())]
+    Denied {
+        /// The socket path.
+        socket: PathBuf,
+    },
+    /// The launcher answered something unexpected.
+    #[error("{}: unexpected answer {answer:?} from the launcher", socket.display())]
+    Protocol {
+        /// The socket path.
+        socket: PathBuf,
+        /// What it said.
+        answer: String,
+    },
+    /// Any other I/O failure.
+    #[error("{}: {source}", socket.display())]
+    Io {
+        /// The socket path.
+        socket: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+/// How a drain request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainOutcome {
+    /// The launcher began draining for this long; we did not wait.
+    Started(Duration),
+    /// The drain delay is over.
+    Drained(Duration),
+    /// The launcher ended the drain early because the gateway exited.
+    GatewayGone,
+}
+
+/// Ask the launcher behind `socket` to drain; with `wait`, return when the drain is over.
+/// `on_begin` is called with the drain delay as soon as the launcher confirms.
+pub fn request(
+    socket: &Path,
+    wait: bool,
+    on_begin: impl FnOnce(Duration),
+) -> Result<DrainOutcome, DrainError> {
+    let io_err = |source: io::Error| match source.kind() {
+        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => DrainError::NotRunning {
+            socket: socket.to_path_buf(),
+        },
+        io::ErrorKind::PermissionDenied => DrainError::Denied {
+            socket: socket.to_path_buf(),
+        },
+        _ => DrainError::Io {
+            socket: socket.to_path_buf(),
+            source,
+        },
+    };
+    let mut stream = UnixStream::connect(socket).map_err(io_err)?;
+    stream.write_all(b"drain\n").map_err(io_err)?;
+    let mut lines = BufReader::new(stream).lines();
+    let mut next = || -> Result<String, DrainError> {
+        match lines.next() {
+            Some(line) => line.map_err(io_err),
+            None => Ok(String::new()),
+        }
+    };
+    let first = next()?;
+    let delay = match first
+        .strip_prefix("draining ")
+        .and_then(|ms| ms.parse::<u64>().ok())
+    {
+        Some(ms) => Duration::from_millis(ms),
+        None if first == "gone" => return Ok(DrainOutcome::GatewayGone),
+        None => {
+            return Err(DrainError::Protocol {
+                socket: socket.to_path_buf(),
+                answer: first,
+            })
+        }
+    };
+    on_begin(delay);
+    if !wait {
+        return Ok(DrainOutcome::Started(delay));
+    }
+    match next()?.as_str() {
+        "drained" => Ok(DrainOutcome::Drained(delay)),
+        // The launcher exits when the gateway does, closing the socket mid-drain.
+        "gone" | "" => Ok(DrainOutcome::GatewayGone),
+        other => Err(DrainError::Protocol {
+            socket: socket.to_path_buf(),
+            answer: other.to_string(),
+        }),
+    }
+}

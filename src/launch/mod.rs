@@ -1,0 +1,415 @@
+//! The launcher (`ExecStart=` of `gateway@.service`, Type=notify): runs the gateway in the
+//! foreground as its subreaper, forwards SIGTERM/SIGINT/SIGHUP, and exits with its status.
+//! It reports READY=1 only once the gateway's health check answers 200, feeds the watchdog only
+//! while it keeps answering, serves the load balancer's health endpoint and the control socket
+//! that `gatewayctl drain` uses.
+
+pub mod config;
+mod control;
+mod lb;
+pub mod state;
+
+use crate::journal;
+pub use config::{LaunchConfig, Passphrase, Role};
+use nix::sys::signal::{kill, SigSet, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use sd_notify::NotifyState;
+use state::{Phase, Shared};
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// systemd's start timeout covers this much time without progress; while the gateway keeps
+/// making progress the launcher extends it (EXTEND_TIMEOUT_USEC), up to `start_timeout`.
+pub const START_PROGRESS_WINDOW: Duration = Duration::from_secs(30);
+/// Poll interval of the health check while starting: READY=1 follows the first 200 within it.
+pub const START_POLL: Duration = Duration::from_millis(20);
+/// How long one health check may take at most (less with a short watchdog, so that an
+/// unhealthy gateway is reported before the watchdog fires).
+pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+/// Exit status for an unusable configuration (sysexits EX_CONFIG).
+pub const EXIT_CONFIG: i32 = 78;
+
+enum Event {
+    Exited(WaitStatus),
+    Signal(Signal),
+}
+
+fn notify(states: &[NotifyState]) {
+    // Outside systemd there is no NOTIFY_SOCKET; nothing to tell.
+    let _ = sd_notify::notify(states);
+}
+
+/// Map a wait status to an exit status: signal deaths become 128+n, as shells do.
+pub fn exit_code(status: WaitStatus) -> i32 {
+    match status {
+        WaitStatus::Exited(_, code) => code,
+        WaitStatus::Signaled(_, sig, _) => 128 + sig as i32,
+        _ => 1,
+    }
+}
+
+/// CPU time (clock ticks) used by a process and its reaped children: a start that burns CPU is
+/// a start that makes progress.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // After the ")": state is field 3, utime 14, stime 15, cutime 16, cstime 17 (1-based).
+    fields
+        .get(11..15)?
+        .iter()
+        .map(|f| f.parse::<u64>().ok())
+        .sum()
+}
+
+fn health_agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .build()
+        .into()
+}
+
+/// One health check: the HTTP status, or why there was none.
+fn check(agent: &ureq::Agent, url: &str) -> Result<u16, String> {
+    match agent.get(url).call() {
+        Ok(resp) => Ok(resp.status().as_u16()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn read_passphrase(source: &Passphrase, name: &str) -> Result<Option<Vec<u8>>, String> {
+    match source {
+        Passphrase::None => Ok(None),
+        Passphrase::Credential(path) => std::fs::read(path)
+            .map(Some)
+            .map_err(|e| format!("{}: {e}", path.display())),
+        Passphrase::Ask => {
+            let out = Command::new("systemd-ask-password")
+                .arg(format!("--id=gateway:{name}"))
+                .arg(format!("Passphrase for API Gateway {name}:"))
+                .stderr(Stdio::inherit())
+                .output()
+                .map_err(|e| format!("systemd-ask-password: {e}"))?;
+            if out.status.success() {
+                Ok(Some(out.stdout))
+            } else {
+                Err(format!("systemd-ask-password failed ({})", out.status))
+            }
+        }
+    }
+}
+
+/// The whole launcher. Returns the process exit status.
+pub fn main(node_manager: bool) -> i32 {
+    // Block the signals we handle before any thread exists, so that all threads inherit the
+    // mask and only the signal thread receives them. (The gateway gets a clean mask: std
+    // resets it in the child.)
+    let mut handled = SigSet::empty();
+    for s in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGCHLD,
+    ] {
+        handled.add(s);
+    }
+    if let Err(e) = handled.thread_block() {
+        eprintln!("gateway-launch: cannot block signals: {e}");
+        return 1;
+    }
+    let config = match LaunchConfig::from_env(node_manager, |k| std::env::var(k).ok()) {
+        Ok(c) => c,
+        Err(e) => {
+            journal::init("gateway-launch", &[]);
+            tracing::error!("{e}");
+            notify(&[NotifyState::Status(&format!("configuration error: {e}"))]);
+            return EXIT_CONFIG;
+        }
+    };
+    let mut fields = vec![("GATEWAY_UNIT", config.unit.clone())];
+    if let Role::Instance { group, instance } = &config.role {
+        fields.push(("GATEWAY_GROUP", group.clone()));
+        fields.push(("GATEWAY_INSTANCE", instance.clone()));
+    }
+    journal::init("gateway-launch", &fields);
+    run(config, handled)
+}
+
+fn run(config: LaunchConfig, handled: SigSet) -> i32 {
+    let name = config.display_name();
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        tracing::warn!(
+            "cannot become the gateway's subreaper ({e}); orphaned helpers will be reaped by PID 1"
+        );
+    }
+    let shared = Arc::new(Shared::default());
+    match &config.runtime_dir {
+        Some(dir) => {
+            if let Err(e) = control::serve(
+                &dir.join(crate::drain::SOCKET_NAME),
+                config.drain_delay,
+                shared.clone(),
+            ) {
+                tracing::error!("cannot open the control socket in {}: {e}; `gatewayctl drain` will not reach this instance", dir.display());
+            }
+        }
+        None => {
+            tracing::warn!("RUNTIME_DIRECTORY is not set: no control socket, so stops cannot drain")
+        }
+    }
+    if let Some(addr) = config.lb_listen {
+        if let Err(e) = lb::serve(addr, config.lb_path.clone(), name.clone(), shared.clone()) {
+            tracing::error!("cannot serve the LB health endpoint: {e}; set lb_health_listen for {name} in /etc/gateway-systemd/gateway.toml");
+            notify(&[NotifyState::Status(&format!(
+                "cannot serve the LB health endpoint: {e}"
+            ))]);
+            return 1;
+        }
+    }
+    let passphrase = match read_passphrase(&config.passphrase, &name) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!("cannot get the passphrase: {e}");
+            notify(&[NotifyState::Status("cannot get the passphrase")]);
+            return 1;
+        }
+    };
+
+    let mut cmd = Command::new(&config.command[0]);
+    cmd.args(&config.command[1..])
+        .current_dir(&config.work_dir)
+        .stdin(if passphrase.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        // The gateway must not talk to systemd in our name.
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID");
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(
+                "cannot start {:?} in {}: {e}",
+                config.command[0],
+                config.work_dir.display()
+            );
+            notify(&[NotifyState::Status(&format!(
+                "cannot start {}: {e}",
+                config.command[0]
+            ))]);
+            return 1;
+        }
+    };
+    let pid = child.id();
+    if let (Some(mut stdin), Some(mut secret)) = (child.stdin.take(), passphrase) {
+        if !secret.ends_with(b"\n") {
+            secret.push(b'\n');
+        }
+        // A gateway that never reads its stdin must not block the launcher.
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&secret);
+            secret.iter_mut().for_each(|b| *b = 0);
+        });
+    }
+    tracing::info!(
+        message_id = journal::MSG_STARTED,
+        "started {name}: process {pid} ({})",
+        config.command.join(" ")
+    );
+    notify(&[
+        NotifyState::MainPid(std::process::id()),
+        NotifyState::Status(&format!("starting; waiting for {}", config.health_url)),
+    ]);
+
+    let (tx, rx) = mpsc::channel();
+    let gateway = Pid::from_raw(pid as i32);
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || loop {
+            let Ok(sig) = handled.wait() else { continue };
+            if sig == Signal::SIGCHLD {
+                // As subreaper we also reap orphaned descendants; only the gateway matters.
+                while let Ok(status) = waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                    match status.pid() {
+                        Some(p) if p == gateway => {
+                            let _ = tx.send(Event::Exited(status));
+                        }
+                        Some(_) => {}
+                        None => break,
+                    }
+                }
+            } else {
+                let _ = kill(gateway, sig);
+                let _ = tx.send(Event::Signal(sig));
+            }
+        })
+        .expect("spawn the signal thread");
+    // std's Child would reap on wait(); the signal thread does that now.
+    std::mem::forget(child);
+
+    supervise(&config, &shared, &rx, pid, &name)
+}
+
+fn supervise(
+    config: &LaunchConfig,
+    shared: &Shared,
+    rx: &mpsc::Receiver<Event>,
+    pid: u32,
+    name: &str,
+) -> i32 {
+    // With a watchdog of W, check every W/4 and give each check at most W/3: a hang is then
+    // seen, logged and shown to the load balancers before systemd's W runs out.
+    let serving_interval = config.watchdog.map_or(Duration::from_secs(2), |w| {
+        (w / 4).clamp(Duration::from_millis(250), Duration::from_secs(2))
+    });
+    let timeout = config.watchdog.map_or(HEALTH_TIMEOUT, |w| {
+        (w / 3).clamp(Duration::from_millis(500), HEALTH_TIMEOUT)
+    });
+    let agent = health_agent(timeout);
+    let started = Instant::now();
+    let mut ready = false;
+    let mut last_progress_check = Instant::now();
+    let mut last_cpu = cpu_ticks(pid);
+    let mut answered_since_check = false;
+    loop {
+        let interval = if ready { serving_interval } else { START_POLL };
+        match rx.recv_timeout(interval) {
+            Ok(Event::Exited(status)) => {
+                shared.update(|_| Phase::Stopping);
+                let code = exit_code(status);
+                let how = match status {
+                    WaitStatus::Signaled(_, sig, _) => format!("killed by {sig:?}"),
+                    _ => format!("exit status {code}"),
+                };
+                tracing::info!(
+                    message_id = journal::MSG_STOPPED,
+                    exit_status = code,
+                    "{name} stopped: {how}"
+                );
+                notify(&[
+                    NotifyState::Stopping,
+                    NotifyState::Status(&format!("gateway stopped: {how}")),
+                ]);
+                return code;
+            }
+            Ok(Event::Signal(sig)) => {
+                if sig != Signal::SIGHUP {
+                    shared.update(|_| Phase::Stopping);
+                    notify(&[
+                        NotifyState::Stopping,
+                        NotifyState::Status(&format!("stopping: {sig:?} forwarded to the gateway")),
+                    ]);
+                }
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => return 1,
+        }
+        if shared.phase() == Phase::Stopping {
+            continue;
+        }
+        let result = check(&agent, &config.health_url);
+        if !ready {
+            if result == Ok(200) {
+                ready = true;
+                shared.update(|p| {
+                    if p == Phase::Starting {
+                        Phase::Serving
+                    } else {
+                        p
+                    }
+                });
+                notify(&[
+                    NotifyState::Ready,
+                    NotifyState::Status(&format!("serving; {} answers 200", config.health_url)),
+                ]);
+                if config.watchdog.is_some() {
+                    notify(&[NotifyState::Watchdog]);
+                }
+                tracing::info!(
+                    message_id = journal::MSG_READY,
+                    "{name} is ready after {:.1}s",
+                    started.elapsed().as_secs_f64()
+                );
+                continue;
+            }
+            answered_since_check |= result.is_ok();
+            if last_progress_check.elapsed() >= Duration::from_secs(1) {
+                let cpu = cpu_ticks(pid);
+                let progress = answered_since_check || (cpu.is_some() && cpu > last_cpu);
+                let remaining = config.start_timeout.saturating_sub(started.elapsed());
+                let waiting = match &result {
+                    Ok(code) => format!("{} answers {code}", config.health_url),
+                    Err(e) => format!("{}: {e}", config.health_url),
+                };
+                if progress && !remaining.is_zero() {
+                    let extend = START_PROGRESS_WINDOW.min(remaining);
+                    notify(&[NotifyState::ExtendTimeoutUsec(
+                        extend.as_micros().min(u32::MAX as u128) as u32,
+                    )]);
+                }
+                notify(&[NotifyState::Status(&format!(
+                    "starting for {}s; waiting for 200: {waiting}",
+                    started.elapsed().as_secs()
+                ))]);
+                last_cpu = cpu;
+                answered_since_check = false;
+                last_progress_check = Instant::now();
+            }
+            continue;
+        }
+        match result {
+            Ok(200) => {
+                if config.watchdog.is_some() {
+                    notify(&[NotifyState::Watchdog]);
+                }
+                if shared.phase() == Phase::Unhealthy {
+                    shared.update(|p| {
+                        if p == Phase::Unhealthy {
+                            Phase::Serving
+                        } else {
+                            p
+                        }
+                    });
+                    tracing::info!("{name} answers its health check again");
+                    notify(&[NotifyState::Status(&format!(
+                        "serving; {} answers 200",
+                        config.health_url
+                    ))]);
+                }
+            }
+            other => {
+                let why = match other {
+                    Ok(code) => format!("answers {code}"),
+                    Err(e) => e,
+                };
+                let before = shared.phase();
+                shared.update(|p| {
+                    if p == Phase::Serving {
+                        Phase::Unhealthy
+                    } else {
+                        p
+                    }
+                });
+                if before == Phase::Serving {
+                    tracing::warn!(
+                        message_id = journal::MSG_UNHEALTHY,
+                        "{name} is unhealthy: {} {why}; the watchdog is no longer fed",
+                        config.health_url
+                    );
+                }
+                notify(&[NotifyState::Status(&format!(
+                    "unhealthy: {} {why}",
+                    config.health_url
+                ))]);
+            }
+        }
+    }
+}

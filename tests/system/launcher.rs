@@ -1,0 +1,422 @@
+//! The launcher under real systemd: readiness, watchdog, crash restarts, drains on stop and
+//! restart, the passphrase, journal fields and catalog.
+
+use crate::harness::Container;
+use libtest_mimic::Failed;
+use std::fs;
+use std::time::{Duration, Instant};
+
+pub const SERVER1: &str = "gateway@group1-server1.service";
+pub const SERVER2: &str = "gateway@group1-server2.service";
+pub const EDGE: &str = r"gateway@payments\x2deu-edge\x20node\x201.service";
+/// MESSAGE_IDs (see src/journal.rs).
+const MSG_READY: &str = "5f0c6a1e2b7d4c0f9a8e3d2c1b0a9f02";
+const MSG_UNHEALTHY: &str = "5f0c6a1e2b7d4c0f9a8e3d2c1b0a9f03";
+const MSG_DRAIN_BEGIN: &str = "5f0c6a1e2b7d4c0f9a8e3d2c1b0a9f04";
+const MSG_DRAIN_END: &str = "5f0c6a1e2b7d4c0f9a8e3d2c1b0a9f05";
+
+fn fail(msg: String) -> Failed {
+    msg.into()
+}
+
+/// An HTTP request from inside the container: (status, body); status 0 when nothing answered.
+pub fn http(c: &Container, method: &str, url: &str) -> (u16, String) {
+    let out = c.exec(&[
+        "curl",
+        "-s",
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_code}",
+        "--max-time",
+        "3",
+        "-X",
+        method,
+        url,
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// Poll `f` every 100 ms until it holds; the time it took, or an error naming `what`.
+pub fn wait_for(
+    timeout: Duration,
+    what: &str,
+    mut f: impl FnMut() -> bool,
+) -> Result<Duration, Failed> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return Ok(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(fail(format!(
+        "timed out after {timeout:?} waiting for {what}"
+    )))
+}
+
+fn now_us(c: &Container) -> Result<u64, Failed> {
+    Ok(c.ok(&["date", "+%s%6N"])?.trim().parse::<u64>()?)
+}
+
+/// Run `f` with an extra config drop-in in force (daemon-reload before and after).
+fn with_config(
+    c: &Container,
+    toml: &str,
+    f: impl FnOnce() -> Result<(), Failed>,
+) -> Result<(), Failed> {
+    let path = c
+        .root()
+        .join("etc/gateway-systemd/gateway.toml.d/60-launcher-test.toml");
+    fs::create_dir_all(path.parent().unwrap())?;
+    fs::write(&path, toml)?;
+    c.ok(&["systemctl", "daemon-reload"])?;
+    let result = f();
+    fs::remove_file(&path)?;
+    c.ok(&["systemctl", "daemon-reload"])?;
+    result
+}
+
+fn stop(c: &Container, unit: &str) {
+    let _ = c.exec(&["systemctl", "stop", unit]);
+    let _ = c.exec(&["systemctl", "reset-failed", unit]);
+}
+
+fn journal(c: &Container, unit: &str, since_us: u64) -> Result<String, Failed> {
+    Ok(c.ok(&[
+        "journalctl",
+        "-u",
+        unit,
+        "--no-pager",
+        "-o",
+        "verbose",
+        &format!("--since=@{}", since_us / 1_000_000),
+    ])?)
+}
+
+/// `systemctl start` returns only after the gateway's health check answers 200: server2 is
+/// told to answer 503 for 3 s.
+pub fn start_waits_for_the_health_check(c: &Container) -> Result<(), Failed> {
+    stop(c, SERVER2);
+    let out = c.ok(&[
+        "sh",
+        "-c",
+        &format!("s=$(date +%s%6N); systemctl start {SERVER2}; e=$(date +%s%6N); echo $s $e"),
+    ])?;
+    let result = (|| {
+        let (s, e) = out
+            .trim()
+            .split_once(' ')
+            .ok_or_else(|| fail(format!("unexpected output {out:?}")))?;
+        let (s, e): (u64, u64) = (s.parse()?, e.parse()?);
+        let took = Duration::from_micros(e - s);
+        if took < Duration::from_millis(2900) {
+            return Err(fail(format!(
+                "systemctl start returned after {took:?}, before the 3 s start delay was over"
+            )));
+        }
+        let (code, status) = http(c, "GET", "http://127.0.0.1:8081/demo/status");
+        let v: serde_json::Value =
+            serde_json::from_str(&status).map_err(|e| fail(format!("{code} {status:?}: {e}")))?;
+        let first = v["first_healthy_us"].as_u64().unwrap_or(0);
+        if first == 0 || first > e {
+            return Err(fail(format!(
+                "READY before the first 200: start returned at {e} us, first 200 at {first} us"
+            )));
+        }
+        let state = c.property(SERVER2, "ActiveState")?;
+        let text = c.property(SERVER2, "StatusText")?;
+        if state != "active" || !text.starts_with("serving") {
+            return Err(fail(format!("{SERVER2}: {state}, status {text:?}")));
+        }
+        let (lb, body) = http(c, "GET", "http://127.0.0.1:18086/healthchecklb");
+        if lb != 200 || !body.contains("\"serving\"") {
+            return Err(fail(format!(
+                "LB endpoint answers {lb} {body:?} while serving"
+            )));
+        }
+        Ok(())
+    })();
+    stop(c, SERVER2);
+    result
+}
+
+/// A gateway that stops answering (process alive) is killed by the watchdog and restarted.
+pub fn hung_gateway_is_restarted_by_the_watchdog(c: &Container) -> Result<(), Failed> {
+    with_config(
+        c,
+        "[instances.\"group1/server1\"]\nwatchdog = \"3s\"\n",
+        || {
+            stop(c, SERVER1);
+            let since = now_us(c)?;
+            c.ok(&["systemctl", "start", SERVER1])?;
+            let result = (|| {
+                let restarts: u32 = c.property(SERVER1, "NRestarts")?.parse()?;
+                let (code, _) = http(c, "POST", "http://127.0.0.1:8080/demo/hang");
+                if code != 200 {
+                    return Err(fail(format!("POST /demo/hang answered {code}")));
+                }
+                let hung_at = Instant::now();
+                wait_for(
+                    Duration::from_secs(40),
+                    "the hung gateway to be restarted and healthy",
+                    || {
+                        let n: u32 = c
+                            .property(SERVER1, "NRestarts")
+                            .ok()
+                            .and_then(|n| n.parse().ok())
+                            .unwrap_or(0);
+                        n > restarts && http(c, "GET", "http://127.0.0.1:8080/healthcheck").0 == 200
+                    },
+                )?;
+                let took = hung_at.elapsed();
+                // Bound: WatchdogSec (3 s) + RestartSec (2 s) + a start, with slack for this machine.
+                if took > Duration::from_secs(15) {
+                    return Err(fail(format!("hang to healthy took {took:?}")));
+                }
+                let log = journal(c, SERVER1, since)?;
+                if !log.contains("Watchdog timeout") || !log.contains(MSG_UNHEALTHY) {
+                    return Err(fail(format!("the journal of {SERVER1} shows no watchdog timeout / unhealthy entry:\n{log}")));
+                }
+                eprintln!("    hang to healthy: {took:?}");
+                Ok(())
+            })();
+            stop(c, SERVER1);
+            result
+        },
+    )
+}
+
+/// A crash (SIGABRT) restarts the instance, and the launcher reports how the gateway died.
+pub fn crashed_gateway_is_restarted(c: &Container) -> Result<(), Failed> {
+    stop(c, EDGE);
+    let since = now_us(c)?;
+    c.ok(&["systemctl", "start", EDGE])?;
+    let result = (|| {
+        let restarts: u32 = c.property(EDGE, "NRestarts")?.parse()?;
+        http(c, "POST", "http://127.0.0.1:8082/demo/crash");
+        wait_for(
+            Duration::from_secs(30),
+            "the crashed gateway to be restarted and healthy",
+            || {
+                let n: u32 = c
+                    .property(EDGE, "NRestarts")
+                    .ok()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
+                n > restarts && http(c, "GET", "http://127.0.0.1:8082/healthcheck").0 == 200
+            },
+        )?;
+        let log = journal(c, EDGE, since)?;
+        if !log.contains("killed by SIGABRT") {
+            return Err(fail(format!(
+                "the launcher did not report the crash:\n{log}"
+            )));
+        }
+        Ok(())
+    })();
+    stop(c, EDGE);
+    result
+}
+
+/// Watch a stop or restart: during the drain the LB endpoint answers 503 while traffic still
+/// succeeds. Returns how long the systemctl command took.
+fn observe_drain(
+    c: &Container,
+    verb: &str,
+    unit: &str,
+    traffic: &str,
+    lb: &str,
+) -> Result<Duration, Failed> {
+    let started = Instant::now();
+    let mut child = c.spawn(&["systemctl", verb, unit]);
+    let mut saw_503_with_traffic = false;
+    while child.try_wait()?.is_none() {
+        let (lb_code, body) = http(c, "GET", lb);
+        if lb_code == 503 && body.contains("draining") {
+            let (code, echo) = http(c, "GET", &format!("{traffic}/echo?during=drain"));
+            if code == 200 && echo.contains("during=drain") {
+                saw_503_with_traffic = true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let took = started.elapsed();
+    let status = child.wait()?;
+    if !status.success() {
+        return Err(fail(format!("systemctl {verb} {unit} failed: {status}")));
+    }
+    if !saw_503_with_traffic {
+        return Err(fail(format!(
+            "during `systemctl {verb}` the LB endpoint never answered 503 while traffic succeeded"
+        )));
+    }
+    if took < Duration::from_millis(2900) {
+        return Err(fail(format!(
+            "systemctl {verb} took {took:?}, shorter than the 3 s drain"
+        )));
+    }
+    Ok(took)
+}
+
+/// `systemctl stop` drains: LB health 503 for the drain delay while traffic is still served,
+/// then the gateway exits and the unit is inactive (not failed).
+pub fn stop_drains_then_stops(c: &Container) -> Result<(), Failed> {
+    stop(c, EDGE);
+    let since = now_us(c)?;
+    c.ok(&["systemctl", "start", EDGE])?;
+    let took = observe_drain(
+        c,
+        "stop",
+        EDGE,
+        "http://127.0.0.1:8082",
+        "http://127.0.0.1:18087/healthchecklb",
+    )?;
+    let state = c.property(EDGE, "ActiveState")?;
+    let result = c.property(EDGE, "Result")?;
+    if state != "inactive" || result != "success" {
+        return Err(fail(format!(
+            "after stop {EDGE} is {state} (result {result})"
+        )));
+    }
+    if http(c, "GET", "http://127.0.0.1:8082/healthcheck").0 != 0 {
+        return Err(fail("the gateway still answers after stop".into()));
+    }
+    let log = journal(c, EDGE, since)?;
+    if !log.contains(MSG_DRAIN_BEGIN) || !log.contains(MSG_DRAIN_END) {
+        return Err(fail(format!(
+            "no drain-begin/drain-end entries in the journal:\n{log}"
+        )));
+    }
+    eprintln!("    stop with a 3 s drain took {took:?}");
+    Ok(())
+}
+
+/// `systemctl restart` drains too, and the instance is serving again afterwards.
+pub fn restart_drains(c: &Container) -> Result<(), Failed> {
+    stop(c, EDGE);
+    c.ok(&["systemctl", "start", EDGE])?;
+    let result = (|| {
+        let before = c.property(EDGE, "MainPID")?;
+        observe_drain(
+            c,
+            "restart",
+            EDGE,
+            "http://127.0.0.1:8082",
+            "http://127.0.0.1:18087/healthchecklb",
+        )?;
+        let after = c.property(EDGE, "MainPID")?;
+        let (lb, _) = http(c, "GET", "http://127.0.0.1:18087/healthchecklb");
+        if before == after || lb != 200 {
+            return Err(fail(format!(
+                "after restart: MainPID {before} -> {after}, LB endpoint {lb}"
+            )));
+        }
+        Ok(())
+    })();
+    stop(c, EDGE);
+    result
+}
+
+/// The passphrase reaches the gateway on stdin from LoadCredential=, and appears in no
+/// command line, no environment and no journal entry.
+pub fn passphrase_is_delivered_and_never_exposed(c: &Container) -> Result<(), Failed> {
+    let secret = format!("S3cret-{}-Passphrase", std::process::id());
+    let cred = c.root().join("etc/gateway-systemd/credentials/passphrase");
+    fs::create_dir_all(cred.parent().unwrap())?;
+    fs::write(&cred, &secret)?;
+    std::os::unix::fs::PermissionsExt::set_mode(&mut fs::metadata(&cred)?.permissions(), 0o600);
+    fs::set_permissions(&cred, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    // grep reads the secret from a file, so that no command line of ours holds it either.
+    let pattern = c.root().join("root/secret-pattern");
+    fs::write(&pattern, &secret)?;
+    let result = with_config(
+        c,
+        "[instances.\"group1/server1\"]\ncredentials = [\"passphrase\"]\n\
+         start_command = [\"/usr/libexec/gateway-systemd/gateway-demo\", \"--require-passphrase\"]\n",
+        || {
+            stop(c, SERVER1);
+            c.ok(&["systemctl", "start", SERVER1])?;
+            let r = (|| {
+                let (_, status) = http(c, "GET", "http://127.0.0.1:8080/demo/status");
+                let v: serde_json::Value = serde_json::from_str(&status)?;
+                if v["passphrase_bytes"].as_u64() != Some(secret.len() as u64) {
+                    return Err(fail(format!("the gateway did not get the passphrase: {status}")));
+                }
+                let leaks = c.exec(&["sh", "-c", "grep -l -a -F -f /root/secret-pattern /proc/[0-9]*/cmdline /proc/[0-9]*/environ 2>/dev/null"]);
+                let found = String::from_utf8_lossy(&leaks.stdout).to_string();
+                if !found.trim().is_empty() {
+                    return Err(fail(format!("the passphrase is visible in {found}")));
+                }
+                let journal = c.exec(&["sh", "-c", "journalctl -o export | grep -c -a -F -f /root/secret-pattern"]);
+                let count = String::from_utf8_lossy(&journal.stdout).trim().to_string();
+                if count != "0" {
+                    return Err(fail(format!("the passphrase is in {count} journal export lines")));
+                }
+                Ok(())
+            })();
+            stop(c, SERVER1);
+            r
+        },
+    );
+    fs::remove_file(&cred)?;
+    fs::remove_file(&pattern)?;
+    result
+}
+
+/// The launcher's entries carry GATEWAY_GROUP/INSTANCE/UNIT, and `journalctl -x` explains
+/// them with the catalog.
+pub fn journal_fields_and_catalog(c: &Container) -> Result<(), Failed> {
+    stop(c, SERVER1);
+    c.ok(&["systemctl", "start", SERVER1])?;
+    let result = (|| {
+        let json = c.ok(&[
+            "journalctl",
+            "GATEWAY_INSTANCE=server1",
+            "-o",
+            "json",
+            "--no-pager",
+        ])?;
+        let ready = json
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["MESSAGE_ID"] == MSG_READY)
+            .ok_or_else(|| {
+                fail(format!(
+                    "no ready entry with GATEWAY_INSTANCE=server1:\n{json}"
+                ))
+            })?;
+        if ready["GATEWAY_GROUP"] != "group1"
+            || ready["GATEWAY_UNIT"] != SERVER1
+            || ready["_SYSTEMD_UNIT"] != SERVER1
+        {
+            return Err(fail(format!("fields of the ready entry: {ready}")));
+        }
+        let explained = c.ok(&[
+            "journalctl",
+            "-x",
+            "--no-pager",
+            &format!("MESSAGE_ID={MSG_READY}"),
+            "GATEWAY_INSTANCE=server1",
+        ])?;
+        if !explained.contains("API Gateway instance group1/server1 is ready")
+            || !explained.contains("answered its health check with 200")
+        {
+            return Err(fail(format!(
+                "journalctl -x shows no catalog text:\n{explained}"
+            )));
+        }
+        // The gateway's own output lands under the same unit.
+        let own = c.ok(&["journalctl", "-u", SERVER1, "--no-pager", "-o", "cat"])?;
+        if !own.contains("gateway-demo: pid") {
+            return Err(fail(format!(
+                "the gateway's own output is not in the unit's journal:\n{own}"
+            )));
+        }
+        Ok(())
+    })();
+    stop(c, SERVER1);
+    result
+}
