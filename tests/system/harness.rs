@@ -3,6 +3,7 @@
 //! package's files (per `packaging/layout`) and a domain are installed into the overlay before
 //! boot, so the generator runs at boot exactly as on a real host. Dropping the [`Container`]
 //! powers it off and unmounts everything, also when a test panics.
+#![allow(dead_code)] // shared by the system tests and bench/launcher, which use different parts
 
 use std::fs;
 use std::path::{Path, PathBuf};
