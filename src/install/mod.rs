@@ -311,6 +311,16 @@ pub struct InstanceSettings {
     pub ask_passphrase: bool,
 }
 
+/// The longest a start may go without progress: systemd's `TimeoutStartSec=`, which the
+/// launcher extends while the gateway makes progress, up to `start_timeout`. Half the start
+/// timeout, at most 30 s, at least 1 s.
+pub fn start_progress_window(start_timeout: std::time::Duration) -> std::time::Duration {
+    (start_timeout / 2).clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(30),
+    )
+}
+
 impl InstanceSettings {
     /// systemd's stop timeout: it bounds the drain (ExecStop) and, separately, the exit after
     /// SIGTERM, so it must exceed both.

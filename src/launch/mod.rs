@@ -22,9 +22,6 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// systemd's start timeout covers this much time without progress; while the gateway keeps
-/// making progress the launcher extends it (EXTEND_TIMEOUT_USEC), up to `start_timeout`.
-pub const START_PROGRESS_WINDOW: Duration = Duration::from_secs(30);
 /// Poll interval of the health check while starting: READY=1 follows the first 200 within it.
 pub const START_POLL: Duration = Duration::from_millis(20);
 /// How long one health check may take at most (less with a short watchdog, so that an
@@ -361,7 +358,8 @@ fn supervise(
                     Err(e) => format!("{}: {e}", config.health_url),
                 };
                 if progress && !remaining.is_zero() {
-                    let extend = START_PROGRESS_WINDOW.min(remaining);
+                    let extend =
+                        crate::install::start_progress_window(config.start_timeout).min(remaining);
                     notify(&[NotifyState::ExtendTimeoutUsec(
                         extend.as_micros().min(u32::MAX as u128) as u32,
                     )]);

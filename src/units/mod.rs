@@ -129,8 +129,7 @@ fn common_service_lines(out: &mut String, inst: &Installation, s: &InstanceSetti
     let _ = writeln!(out, "WatchdogSec={}", s.watchdog);
     // systemd gives up on a start that shows no progress for this long; the launcher extends it
     // while the gateway makes progress, up to start_timeout.
-    let window =
-        crate::install::TimeSpan(crate::launch::START_PROGRESS_WINDOW).min(s.start_timeout);
+    let window = crate::install::TimeSpan(crate::install::start_progress_window(s.start_timeout.0));
     let _ = writeln!(out, "TimeoutStartSec={window}");
     let _ = writeln!(out, "TimeoutStopSec={}", s.stop_timeout());
     credential_lines(out, &s.credentials);

@@ -420,3 +420,71 @@ pub fn journal_fields_and_catalog(c: &Container) -> Result<(), Failed> {
     stop(c, SERVER1);
     result
 }
+
+/// A slow start that keeps making progress outlives `TimeoutStartSec=` (half of start_timeout)
+/// because the launcher extends it, but never outlives `start_timeout`.
+pub fn slow_start_is_extended_but_bounded(c: &Container) -> Result<(), Failed> {
+    let config = |delay: &str| {
+        format!(
+            "[instances.\"group1/server2\"]\nstart_timeout = \"6s\"\ndrain_delay = 0\n\
+             start_command = [\"/usr/libexec/gateway-systemd/gateway-demo\", \"--start-delay\", \"{delay}\"]\n"
+        )
+    };
+    with_config(c, &config("4500ms"), || {
+        stop(c, SERVER2);
+        let window = c.property(SERVER2, "TimeoutStartUSec")?;
+        if window != "3s" {
+            return Err(fail(format!(
+                "TimeoutStartUSec is {window}, expected half of start_timeout 6s"
+            )));
+        }
+        let started = Instant::now();
+        c.ok(&["systemctl", "start", SERVER2])?;
+        let took = started.elapsed();
+        stop(c, SERVER2);
+        if took < Duration::from_millis(4400) {
+            return Err(fail(format!(
+                "start returned after {took:?}, before the 4.5 s start delay"
+            )));
+        }
+        Ok(())
+    })?;
+    with_config(c, &config("60s"), || {
+        stop(c, SERVER2);
+        let started = Instant::now();
+        let out = c.exec(&["systemctl", "start", SERVER2]);
+        let took = started.elapsed();
+        let result = c.property(SERVER2, "Result")?;
+        stop(c, SERVER2);
+        if out.status.success() || result != "timeout" {
+            return Err(fail(format!(
+                "a start that never gets healthy ended with {} (result {result})",
+                out.status
+            )));
+        }
+        if took < Duration::from_millis(5500) || took > Duration::from_secs(12) {
+            return Err(fail(format!(
+                "the endless start was stopped after {took:?}; start_timeout is 6 s"
+            )));
+        }
+        Ok(())
+    })
+}
+
+/// The Node Manager runs under the same launcher (`gateway-launch --nodemanager`).
+pub fn node_manager_starts_and_stops(c: &Container) -> Result<(), Failed> {
+    let unit = "gateway-nodemanager.service";
+    stop(c, unit);
+    c.ok(&["systemctl", "start", unit])?;
+    let state = c.property(unit, "ActiveState")?;
+    let (code, _) = http(c, "GET", "http://127.0.0.1:8090/healthcheck");
+    stop(c, unit);
+    if state != "active" || code != 200 {
+        return Err(fail(format!("{unit}: {state}, health {code}")));
+    }
+    let result = c.property(unit, "Result")?;
+    if result != "success" {
+        return Err(fail(format!("{unit} stopped with result {result}")));
+    }
+    Ok(())
+}

@@ -332,6 +332,14 @@ fn main() {
             "launcher::journal_fields_and_catalog",
             launcher::journal_fields_and_catalog,
         ),
+        (
+            "launcher::slow_start_is_extended_but_bounded",
+            launcher::slow_start_is_extended_but_bounded,
+        ),
+        (
+            "launcher::node_manager_starts_and_stops",
+            launcher::node_manager_starts_and_stops,
+        ),
     ];
     let mut trials: Vec<Trial> = shared_tests
         .into_iter()
