@@ -84,24 +84,95 @@ fn check(agent: &ureq::Agent, url: &str) -> Result<u16, String> {
     }
 }
 
-fn read_passphrase(source: &Passphrase, name: &str) -> Result<Option<Vec<u8>>, String> {
+/// Name of the file in `$RUNTIME_DIRECTORY` through which `--ask-passphrase` (run as root by
+/// `ExecStartPre=+`) hands the answer to the launcher, which deletes it at once.
+pub const ASKED_PASSPHRASE_FILE: &str = "passphrase";
+
+fn read_passphrase(
+    source: &Passphrase,
+    runtime_dir: Option<&std::path::Path>,
+) -> Result<Option<Vec<u8>>, String> {
     match source {
         Passphrase::None => Ok(None),
         Passphrase::Credential(path) => std::fs::read(path)
             .map(Some)
             .map_err(|e| format!("{}: {e}", path.display())),
         Passphrase::Ask => {
-            let out = Command::new("systemd-ask-password")
-                .arg(format!("--id=gateway:{name}"))
-                .arg(format!("Passphrase for API Gateway {name}:"))
-                .stderr(Stdio::inherit())
-                .output()
-                .map_err(|e| format!("systemd-ask-password: {e}"))?;
-            if out.status.success() {
-                Ok(Some(out.stdout))
-            } else {
-                Err(format!("systemd-ask-password failed ({})", out.status))
-            }
+            let dir = runtime_dir.ok_or("RUNTIME_DIRECTORY is not set")?;
+            let path = dir.join(ASKED_PASSPHRASE_FILE);
+            let secret = std::fs::read(&path).map_err(|e| {
+                format!(
+                    "{}: {e} (is the ExecStartPre= that asks for it in place?)",
+                    path.display()
+                )
+            })?;
+            let _ = std::fs::remove_file(&path);
+            Ok(Some(secret))
+        }
+    }
+}
+
+/// `gateway-launch --ask-passphrase`, run as root before the launcher (`ExecStartPre=+`, the
+/// unit's user may not ask): ask with systemd-ask-password and leave the answer in
+/// `$RUNTIME_DIRECTORY`, readable only by the directory's owner (the unit's user).
+pub fn ask_passphrase() -> i32 {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let Some(dir) = std::env::var_os("RUNTIME_DIRECTORY").map(std::path::PathBuf::from) else {
+        eprintln!("gateway-launch --ask-passphrase: RUNTIME_DIRECTORY is not set; run it as ExecStartPre=+ of the unit");
+        return 1;
+    };
+    let name = match (
+        std::env::var("GATEWAY_GROUP"),
+        std::env::var("GATEWAY_INSTANCE"),
+    ) {
+        (Ok(g), Ok(i)) => format!("{g}/{i}"),
+        _ => "Node Manager".to_string(),
+    };
+    let out = match Command::new("systemd-ask-password")
+        .arg(format!("--id=gateway:{name}"))
+        .arg("--timeout=0")
+        .arg(format!("Passphrase for API Gateway {name}:"))
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+    {
+        Ok(o) if o.status.success() => o.stdout,
+        Ok(o) => {
+            eprintln!(
+                "systemd-ask-password failed ({}); answer with systemd-tty-ask-password-agent",
+                o.status
+            );
+            return 1;
+        }
+        Err(e) => {
+            eprintln!("cannot run systemd-ask-password: {e}");
+            return 1;
+        }
+    };
+    let owner = match std::fs::metadata(&dir) {
+        Ok(m) => (m.uid(), m.gid()),
+        Err(e) => {
+            eprintln!("{}: {e}", dir.display());
+            return 1;
+        }
+    };
+    let (tmp, path) = (dir.join(".passphrase.tmp"), dir.join(ASKED_PASSPHRASE_FILE));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| {
+            std::os::unix::fs::fchown(&f, Some(owner.0), Some(owner.1))?;
+            f.write_all(&out)
+        })
+        .and_then(|_| std::fs::rename(&tmp, &path));
+    match written {
+        Ok(()) => 0,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            eprintln!("{}: {e}", path.display());
+            1
         }
     }
 }
@@ -179,7 +250,7 @@ fn run(config: LaunchConfig, handled: SigSet) -> i32 {
             return 1;
         }
     }
-    let passphrase = match read_passphrase(&config.passphrase, &name) {
+    let passphrase = match read_passphrase(&config.passphrase, config.runtime_dir.as_deref()) {
         Ok(p) => p,
         Err(e) => {
             tracing::error!("cannot get the passphrase: {e}");

@@ -114,6 +114,11 @@ fn common_service_lines(out: &mut String, inst: &Installation, s: &InstanceSetti
     }
     if s.ask_passphrase {
         env(out, "GATEWAY_ASK_PASSPHRASE", "1");
+        // Only root may ask (the '+' runs it outside User= and the sandbox); the answer
+        // reaches the launcher through the runtime directory.
+        out.push_str(
+            "ExecStartPre=+/usr/libexec/gateway-systemd/gateway-launch --ask-passphrase\n",
+        );
     }
     if inst.user != DEFAULT_USER || inst.group != DEFAULT_USER {
         let _ = writeln!(
@@ -129,7 +134,11 @@ fn common_service_lines(out: &mut String, inst: &Installation, s: &InstanceSetti
     let _ = writeln!(out, "WatchdogSec={}", s.watchdog);
     // systemd gives up on a start that shows no progress for this long; the launcher extends it
     // while the gateway makes progress, up to start_timeout.
-    let window = crate::install::TimeSpan(crate::install::start_progress_window(s.start_timeout.0));
+    // A person answering the passphrase prompt gets the whole start timeout.
+    let window = match s.ask_passphrase {
+        true => s.start_timeout,
+        false => crate::install::TimeSpan(crate::install::start_progress_window(s.start_timeout.0)),
+    };
     let _ = writeln!(out, "TimeoutStartSec={window}");
     let _ = writeln!(out, "TimeoutStopSec={}", s.stop_timeout());
     credential_lines(out, &s.credentials);

@@ -488,3 +488,70 @@ pub fn node_manager_starts_and_stops(c: &Container) -> Result<(), Failed> {
     }
     Ok(())
 }
+
+/// With `ask_passphrase = true` the passphrase is asked through systemd's password agent
+/// protocol (answered here like an agent would), reaches the gateway, and leaves no trace.
+pub fn asked_passphrase_reaches_the_gateway(c: &Container) -> Result<(), Failed> {
+    let secret = format!("Asked-{}-Secret", std::process::id());
+    let pattern = c.root().join("root/secret-pattern");
+    fs::write(&pattern, &secret)?;
+    // A password agent: answer the first question whose Id is ours through its socket.
+    let agent = c.root().join("root/answer-agent.py");
+    fs::write(
+        &agent,
+        r#"import glob, socket, time, configparser
+secret = open('/root/secret-pattern').read()
+deadline = time.time() + 30
+while time.time() < deadline:
+    for ask in glob.glob('/run/systemd/ask-password/ask.*'):
+        cp = configparser.ConfigParser(interpolation=None)
+        cp.read(ask)
+        if cp['Ask'].get('Id', '').startswith('gateway:'):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            s.sendto(b'+' + secret.encode(), cp['Ask']['Socket'])
+            raise SystemExit(0)
+    time.sleep(0.05)
+raise SystemExit('no question from gateway-launch --ask-passphrase')
+"#,
+    )?;
+    let result = with_config(
+        c,
+        "[instances.\"group1/server1\"]\nask_passphrase = true\n\
+         start_command = [\"/usr/libexec/gateway-systemd/gateway-demo\", \"--require-passphrase\"]\n",
+        || {
+            stop(c, SERVER1);
+            let mut starting = c.spawn(&["systemctl", "start", SERVER1]);
+            let answered = c.exec(&["/usr/bin/python3", "/root/answer-agent.py"]);
+            let started = starting.wait()?;
+            let r = (|| {
+                if !answered.status.success() {
+                    return Err(fail(format!("the agent got no question: {}", String::from_utf8_lossy(&answered.stderr))));
+                }
+                if !started.success() {
+                    return Err(fail(format!("systemctl start {SERVER1} failed: {started}")));
+                }
+                let (_, status) = http(c, "GET", "http://127.0.0.1:8080/demo/status");
+                let v: serde_json::Value = serde_json::from_str(&status)?;
+                if v["passphrase_bytes"].as_u64() != Some(secret.len() as u64) {
+                    return Err(fail(format!("the gateway did not get the asked passphrase: {status}")));
+                }
+                let left = c.exec(&["sh", "-c", "ls -A /run/gateway/group1-server1/"]);
+                let listing = String::from_utf8_lossy(&left.stdout).to_string();
+                if listing.contains("passphrase") {
+                    return Err(fail(format!("the handed-over passphrase file is still there: {listing}")));
+                }
+                let journal = c.exec(&["sh", "-c", "journalctl -o export | grep -c -a -F -f /root/secret-pattern"]);
+                let count = String::from_utf8_lossy(&journal.stdout).trim().to_string();
+                if count != "0" {
+                    return Err(fail(format!("the passphrase is in {count} journal export lines")));
+                }
+                Ok(())
+            })();
+            stop(c, SERVER1);
+            r
+        },
+    );
+    fs::remove_file(&pattern)?;
+    fs::remove_file(&agent)?;
+    result
+}

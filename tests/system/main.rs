@@ -340,6 +340,10 @@ fn main() {
             "launcher::node_manager_starts_and_stops",
             launcher::node_manager_starts_and_stops,
         ),
+        (
+            "launcher::asked_passphrase_reaches_the_gateway",
+            launcher::asked_passphrase_reaches_the_gateway,
+        ),
     ];
     let mut trials: Vec<Trial> = shared_tests
         .into_iter()
