@@ -11,32 +11,16 @@
 mod common;
 #[path = "../tests/system/harness.rs"]
 mod harness;
+#[path = "../tests/system/launcher.rs"]
+mod launcher;
 
 use harness::Container;
+use launcher::http as curl;
 use std::fs;
 use std::time::{Duration, Instant};
 
 const SERVER1: &str = "gateway@group1-server1.service";
 const SERVER2: &str = "gateway@group1-server2.service";
-
-fn curl(c: &Container, method: &str, url: &str) -> (u16, String) {
-    let out = c.exec(&[
-        "curl",
-        "-s",
-        "-o",
-        "-",
-        "-w",
-        "\n%{http_code}",
-        "--max-time",
-        "3",
-        "-X",
-        method,
-        url,
-    ]);
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-    (code.trim().parse().unwrap_or(0), body.to_string())
-}
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
@@ -64,10 +48,7 @@ fn main() {
     }
     let c = Container::boot(|root| {
         common::install_package(root)?;
-        let out = std::process::Command::new("cp").arg("-a").arg(common::repo().join("demo/domain/.")).arg(root).output().map_err(|e| e.to_string())?;
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).to_string());
-        }
+        harness::install_domain(root, &common::repo().join("demo/domain"))?;
         fs::write(root.join("etc/hostname"), "gw1.example.com\n").map_err(|e| e.to_string())?;
         // server2 becomes healthy 1 s after starting and stops without a drain; server1 has a
         // 3 s watchdog.
@@ -157,23 +138,14 @@ fn main() {
             .parse()
             .unwrap_or(0);
         curl(&c, "POST", "http://127.0.0.1:8080/demo/hang");
-        let hung = Instant::now();
-        loop {
-            let n: u32 = c
-                .property(SERVER1, "NRestarts")
-                .ok()
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0);
-            if n > restarts && curl(&c, "GET", "http://127.0.0.1:8080/healthcheck").0 == 200 {
-                break;
-            }
-            assert!(
-                hung.elapsed() < Duration::from_secs(60),
-                "no recovery within 60 s"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        times.push(hung.elapsed().as_secs_f64());
+        let took = launcher::restarted_and_healthy(
+            &c,
+            SERVER1,
+            restarts,
+            "http://127.0.0.1:8080/healthcheck",
+        )
+        .expect("recovery");
+        times.push(took.as_secs_f64());
     }
     times.sort_by(f64::total_cmp);
     println!("hang to healthy (WatchdogSec=3s, RestartSec=2s), {rounds} hangs:");

@@ -45,7 +45,8 @@ fn nix_is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-fn run(cmd: &mut Command) -> Result<Output, String> {
+/// Run a host command; its output, or an error with its stderr.
+pub fn run(cmd: &mut Command) -> Result<Output, String> {
     let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
     if out.status.success() {
         Ok(out)
@@ -320,19 +321,9 @@ fn remove_stale_containers() {
 
 /// Copy a domain tree (`opt/`, `etc/`) into the container's root.
 pub fn install_domain(root: &Path, domain: &Path) -> Result<(), String> {
-    let out = Command::new("cp")
+    run(Command::new("cp")
         .arg("-a")
         .arg(format!("{}/.", domain.display()))
-        .arg(root)
-        .output()
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "cp {}: {}",
-            domain.display(),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
+        .arg(root))
+    .map(|_| ())
 }

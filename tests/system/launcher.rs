@@ -1,5 +1,6 @@
 //! The launcher under real systemd: readiness, watchdog, crash restarts, drains on stop and
 //! restart, the passphrase, journal fields and catalog.
+#![allow(dead_code)] // bench/launcher uses its helpers only
 
 use crate::harness::Container;
 use libtest_mimic::Failed;
@@ -143,6 +144,27 @@ pub fn start_waits_for_the_health_check(c: &Container) -> Result<(), Failed> {
     result
 }
 
+/// Wait until systemd restarted `unit` (NRestarts above `restarts`) and `health` answers 200.
+pub fn restarted_and_healthy(
+    c: &Container,
+    unit: &str,
+    restarts: u32,
+    health: &str,
+) -> Result<Duration, Failed> {
+    wait_for(
+        Duration::from_secs(40),
+        &format!("{unit} to be restarted and healthy"),
+        || {
+            let n: u32 = c
+                .property(unit, "NRestarts")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            n > restarts && http(c, "GET", health).0 == 200
+        },
+    )
+}
+
 /// A gateway that stops answering (process alive) is killed by the watchdog and restarted.
 pub fn hung_gateway_is_restarted_by_the_watchdog(c: &Container) -> Result<(), Failed> {
     with_config(
@@ -159,18 +181,7 @@ pub fn hung_gateway_is_restarted_by_the_watchdog(c: &Container) -> Result<(), Fa
                     return Err(fail(format!("POST /demo/hang answered {code}")));
                 }
                 let hung_at = Instant::now();
-                wait_for(
-                    Duration::from_secs(40),
-                    "the hung gateway to be restarted and healthy",
-                    || {
-                        let n: u32 = c
-                            .property(SERVER1, "NRestarts")
-                            .ok()
-                            .and_then(|n| n.parse().ok())
-                            .unwrap_or(0);
-                        n > restarts && http(c, "GET", "http://127.0.0.1:8080/healthcheck").0 == 200
-                    },
-                )?;
+                restarted_and_healthy(c, SERVER1, restarts, "http://127.0.0.1:8080/healthcheck")?;
                 let took = hung_at.elapsed();
                 // Bound: WatchdogSec (3 s) + RestartSec (2 s) + a start, with slack for this machine.
                 if took > Duration::from_secs(15) {
@@ -197,18 +208,7 @@ pub fn crashed_gateway_is_restarted(c: &Container) -> Result<(), Failed> {
     let result = (|| {
         let restarts: u32 = c.property(EDGE, "NRestarts")?.parse()?;
         http(c, "POST", "http://127.0.0.1:8082/demo/crash");
-        wait_for(
-            Duration::from_secs(30),
-            "the crashed gateway to be restarted and healthy",
-            || {
-                let n: u32 = c
-                    .property(EDGE, "NRestarts")
-                    .ok()
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or(0);
-                n > restarts && http(c, "GET", "http://127.0.0.1:8082/healthcheck").0 == 200
-            },
-        )?;
+        restarted_and_healthy(c, EDGE, restarts, "http://127.0.0.1:8082/healthcheck")?;
         let log = journal(c, EDGE, since)?;
         if !log.contains("killed by SIGABRT") {
             return Err(fail(format!(
@@ -320,6 +320,36 @@ pub fn restart_drains(c: &Container) -> Result<(), Failed> {
     result
 }
 
+/// server1's demo gateway got `secret` (by its length), and the secret (held in
+/// /root/secret-pattern, so that no command line of ours holds it) is in no process's command
+/// line or environment and in no journal entry.
+fn passphrase_delivered_without_trace(c: &Container, secret: &str) -> Result<(), Failed> {
+    let (_, status) = http(c, "GET", "http://127.0.0.1:8080/demo/status");
+    let v: serde_json::Value = serde_json::from_str(&status)?;
+    if v["passphrase_bytes"].as_u64() != Some(secret.len() as u64) {
+        return Err(fail(format!(
+            "the gateway did not get the passphrase: {status}"
+        )));
+    }
+    let leaks = c.exec(&["sh", "-c", "grep -l -a -F -f /root/secret-pattern /proc/[0-9]*/cmdline /proc/[0-9]*/environ 2>/dev/null"]);
+    let found = String::from_utf8_lossy(&leaks.stdout).to_string();
+    if !found.trim().is_empty() {
+        return Err(fail(format!("the passphrase is visible in {found}")));
+    }
+    let journal = c.exec(&[
+        "sh",
+        "-c",
+        "journalctl -o export | grep -c -a -F -f /root/secret-pattern",
+    ]);
+    let count = String::from_utf8_lossy(&journal.stdout).trim().to_string();
+    if count != "0" {
+        return Err(fail(format!(
+            "the passphrase is in {count} journal export lines"
+        )));
+    }
+    Ok(())
+}
+
 /// The passphrase reaches the gateway on stdin from LoadCredential=, and appears in no
 /// command line, no environment and no journal entry.
 pub fn passphrase_is_delivered_and_never_exposed(c: &Container) -> Result<(), Failed> {
@@ -339,24 +369,7 @@ pub fn passphrase_is_delivered_and_never_exposed(c: &Container) -> Result<(), Fa
         || {
             stop(c, SERVER1);
             c.ok(&["systemctl", "start", SERVER1])?;
-            let r = (|| {
-                let (_, status) = http(c, "GET", "http://127.0.0.1:8080/demo/status");
-                let v: serde_json::Value = serde_json::from_str(&status)?;
-                if v["passphrase_bytes"].as_u64() != Some(secret.len() as u64) {
-                    return Err(fail(format!("the gateway did not get the passphrase: {status}")));
-                }
-                let leaks = c.exec(&["sh", "-c", "grep -l -a -F -f /root/secret-pattern /proc/[0-9]*/cmdline /proc/[0-9]*/environ 2>/dev/null"]);
-                let found = String::from_utf8_lossy(&leaks.stdout).to_string();
-                if !found.trim().is_empty() {
-                    return Err(fail(format!("the passphrase is visible in {found}")));
-                }
-                let journal = c.exec(&["sh", "-c", "journalctl -o export | grep -c -a -F -f /root/secret-pattern"]);
-                let count = String::from_utf8_lossy(&journal.stdout).trim().to_string();
-                if count != "0" {
-                    return Err(fail(format!("the passphrase is in {count} journal export lines")));
-                }
-                Ok(())
-            })();
+            let r = passphrase_delivered_without_trace(c, &secret);
             stop(c, SERVER1);
             r
         },
@@ -530,22 +543,12 @@ raise SystemExit('no question from gateway-launch --ask-passphrase')
                 if !started.success() {
                     return Err(fail(format!("systemctl start {SERVER1} failed: {started}")));
                 }
-                let (_, status) = http(c, "GET", "http://127.0.0.1:8080/demo/status");
-                let v: serde_json::Value = serde_json::from_str(&status)?;
-                if v["passphrase_bytes"].as_u64() != Some(secret.len() as u64) {
-                    return Err(fail(format!("the gateway did not get the asked passphrase: {status}")));
-                }
                 let left = c.exec(&["sh", "-c", "ls -A /run/gateway/group1-server1/"]);
                 let listing = String::from_utf8_lossy(&left.stdout).to_string();
                 if listing.contains("passphrase") {
                     return Err(fail(format!("the handed-over passphrase file is still there: {listing}")));
                 }
-                let journal = c.exec(&["sh", "-c", "journalctl -o export | grep -c -a -F -f /root/secret-pattern"]);
-                let count = String::from_utf8_lossy(&journal.stdout).trim().to_string();
-                if count != "0" {
-                    return Err(fail(format!("the passphrase is in {count} journal export lines")));
-                }
-                Ok(())
+                passphrase_delivered_without_trace(c, &secret)
             })();
             stop(c, SERVER1);
             r
