@@ -1,7 +1,7 @@
 //! The control socket in `$RUNTIME_DIRECTORY`: `gatewayctl drain` talks to it (see
 //! [`crate::drain`]). Only root and the unit's own user may connect.
 
-use super::state::{Phase, Shared};
+use super::state::Shared;
 use crate::journal;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -48,13 +48,11 @@ fn handle(stream: UnixStream, drain_delay: Duration, shared: &Shared) {
     let mut out = &stream;
     match line.trim() {
         "drain" => {
-            let Some(until) = shared.drain_until(drain_delay) else {
+            let Some((until, first)) = shared.drain_until(drain_delay) else {
                 let _ = out.write_all(b"gone\n");
                 return;
             };
             let left = until.saturating_duration_since(Instant::now());
-            let first = matches!(shared.phase(), Phase::Draining { .. })
-                && left + Duration::from_millis(5) >= drain_delay;
             if first {
                 tracing::info!(
                     message_id = journal::MSG_DRAIN_BEGIN,

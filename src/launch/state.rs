@@ -69,16 +69,19 @@ impl Shared {
         *p
     }
 
-    /// Start draining for `delay` (or join a drain in progress); returns when it ends.
-    pub fn drain_until(&self, delay: Duration) -> Option<Instant> {
-        let now = Instant::now();
-        let p = self.update(|p| match p {
-            Phase::Draining { .. } | Phase::Stopping => p,
-            _ => Phase::Draining { until: now + delay },
-        });
-        match p {
-            Phase::Draining { until } => Some(until),
-            _ => None,
+    /// Start draining for `delay`, or join a drain in progress: when it ends, and whether this
+    /// call began it. None when the instance is already stopping.
+    pub fn drain_until(&self, delay: Duration) -> Option<(Instant, bool)> {
+        let mut p = self.phase.lock().unwrap_or_else(|e| e.into_inner());
+        match *p {
+            Phase::Draining { until } => Some((until, false)),
+            Phase::Stopping => None,
+            _ => {
+                let until = Instant::now() + delay;
+                *p = Phase::Draining { until };
+                self.changed.notify_all();
+                Some((until, true))
+            }
         }
     }
 
@@ -100,5 +103,26 @@ impl Shared {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_drain_joins_the_first() {
+        let s = Shared::default();
+        s.update(|_| Phase::Serving);
+        let (until, began) = s.drain_until(Duration::from_secs(10)).unwrap();
+        assert!(began && !s.phase().takes_traffic());
+        let (again, began_again) = s.drain_until(Duration::from_secs(99)).unwrap();
+        assert_eq!((again, began_again), (until, false));
+        s.update(|_| Phase::Stopping);
+        assert!(s.drain_until(Duration::from_secs(1)).is_none());
+        assert!(
+            !s.wait_until(until),
+            "a stopping instance ends the wait early"
+        );
     }
 }
