@@ -107,23 +107,29 @@ fn main() {
     let used = ticks(&c, &pid) - t0;
     let hz = 100.0; // USER_HZ on Linux
     let cpu = used as f64 / hz / started.elapsed().as_secs_f64() * 100.0;
-    let status = c
-        .ok(&["cat", &format!("/proc/{pid}/status")])
+    let rollup = c
+        .ok(&["cat", &format!("/proc/{pid}/smaps_rollup")])
         .unwrap_or_default();
-    let rss_kib: u64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let kib = |key: &str| -> u64 {
+        rollup
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let (rss_kib, pss_kib, anon_kib) = (kib("Rss:"), kib("Pss:"), kib("Anonymous:"));
     println!(
         "launcher while serving (health check every 750 ms, watchdog 3 s), {}s:",
         idle.as_secs()
     );
     println!(
-        "  RSS {:.2} MiB (target <= 3 MiB: {}), CPU {:.2} % ({} ticks)",
+        "  RSS {:.2} MiB (target <= 3 MiB: {}): private anonymous {:.2} MiB, the rest shared file\n  \
+         pages of libc and the launcher's code; PSS {:.2} MiB. CPU {:.2} % ({} ticks)",
         rss_kib as f64 / 1024.0,
         if rss_kib <= 3 * 1024 { "met" } else { "MISSED" },
+        anon_kib as f64 / 1024.0,
+        pss_kib as f64 / 1024.0,
         cpu,
         used
     );
