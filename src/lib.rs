@@ -9,4 +9,5 @@ pub mod initd;
 pub mod install;
 pub mod journal;
 pub mod launch;
+pub mod systemd;
 pub mod units;

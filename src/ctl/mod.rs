@@ -1,12 +1,24 @@
-//! `gatewayctl`: the operator's command line. So far: `drain`.
+//! `gatewayctl`: the operator's command line. It drives systemd over D-Bus (see
+//! [`crate::systemd`]) and names instances the way operators do: `group/instance`.
 
 use crate::drain::{self, DrainError, DrainOutcome};
+use crate::install::{self, Installation, Instance, Root};
+use crate::systemd::{Systemd, SystemdError, UnitStatus, Verb};
 use crate::units::name;
 use clap::{Parser, Subcommand};
+use std::time::{Duration, Instant};
 
-/// Control API Gateway instances run by systemd.
+/// Control the API Gateway instances of this host through systemd.
 #[derive(Debug, Parser)]
-#[command(name = "gatewayctl", version, about, long_about = None)]
+#[command(
+    name = "gatewayctl",
+    version,
+    about,
+    long_about = None,
+    after_help = "INSTANCE is group/instance as the topology names it (\"payments-eu/edge node 1\"), the unit's\n\
+instance string (group1-server1) or the unit name (gateway@group1-server1.service).\n\n\
+Exit status (LSB): 0 done, 1 a job failed, 2 usage, 4 not allowed (run as root), 5 no such instance."
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -16,14 +28,67 @@ pub struct Cli {
 /// gatewayctl's subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// List the instances of this host (from topology.json) with their units and states.
+    List,
+    /// Show the state of instances (all when none are named).
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Instances.
+        instances: Vec<String>,
+    },
+    /// Start instances; returns once each is ready (its health check answers 200).
+    Start {
+        /// Instances.
+        #[arg(required = true)]
+        instances: Vec<String>,
+    },
+    /// Stop instances; each drains first (LB health 503 for its drain delay).
+    Stop {
+        /// Instances.
+        #[arg(required = true)]
+        instances: Vec<String>,
+    },
+    /// Restart instances (drain, stop, start, ready), all at once; see rolling-restart.
+    Restart {
+        /// Instances.
+        #[arg(required = true)]
+        instances: Vec<String>,
+    },
+    /// Restart one instance at a time: drain, restart, wait until ready and serving, then the
+    /// next. Stops at the first failure and says where.
+    RollingRestart {
+        /// Groups (every local instance of the group) or instances.
+        #[arg(required = true)]
+        targets: Vec<String>,
+    },
+    /// Start instances with gateway.target (at boot) from now on.
+    Enable {
+        /// Instances.
+        #[arg(required = true)]
+        instances: Vec<String>,
+    },
+    /// No longer start instances with gateway.target.
+    Disable {
+        /// Instances.
+        #[arg(required = true)]
+        instances: Vec<String>,
+    },
+    /// Show an instance's journal (the launcher's entries and the gateway's own output).
+    Logs {
+        /// Follow new entries.
+        #[arg(short, long)]
+        follow: bool,
+        /// How many lines.
+        #[arg(short = 'n', long, default_value_t = 50)]
+        lines: u32,
+        /// The instance.
+        instance: String,
+    },
     /// Take an instance out of its load balancers' pool: its LB health endpoint answers 503
     /// for the instance's drain delay while it keeps serving. `ExecStop=` runs
     /// `gatewayctl drain --wait %i`, so every stop, restart and shutdown drains first.
-    #[command(
-        after_help = "INSTANCE is group/instance as the topology names it (\"payments-eu/edge node 1\"),\n\
-the unit's instance string (group1-server1, what %i gives) or the unit name.\n\n\
-Exit status: 0 when drained (or when the instance is not running: nothing to drain), 1 on errors."
-    )]
     Drain {
         /// Return only when the drain delay is over (what ExecStop= needs).
         #[arg(long)]
@@ -31,6 +96,24 @@ Exit status: 0 when drained (or when the instance is not running: nothing to dra
         /// The instance.
         instance: String,
     },
+    /// Start, stop or show the Node Manager.
+    Nodemanager {
+        /// start, stop or status.
+        #[arg(value_parser = ["start", "stop", "status"])]
+        action: String,
+    },
+}
+
+/// Exit statuses, as LSB init scripts use them.
+pub mod exit {
+    /// Done.
+    pub const OK: i32 = 0;
+    /// A job failed.
+    pub const FAILED: i32 = 1;
+    /// Not allowed.
+    pub const DENIED: i32 = 4;
+    /// No such instance.
+    pub const UNKNOWN: i32 = 5;
 }
 
 /// Turn what the operator typed into the unit's instance string.
@@ -49,10 +132,364 @@ pub fn instance_string(arg: &str) -> Result<String, String> {
         })
 }
 
+/// Find the local instance an argument names.
+pub fn find<'a>(inst: &'a Installation, arg: &str) -> Result<&'a Instance, String> {
+    let wanted = instance_string(arg)?;
+    inst.instances
+        .iter()
+        .find(|i| i.instance_string == wanted)
+        .ok_or_else(|| {
+            format!(
+                "{arg}: no such instance on this host ({}); `gatewayctl list` shows them",
+                inst.host
+            )
+        })
+}
+
+fn denied_or_failed(e: &SystemdError) -> i32 {
+    match e {
+        SystemdError::Denied { .. } => exit::DENIED,
+        _ => exit::FAILED,
+    }
+}
+
 /// Run gatewayctl; returns the exit status.
 pub fn main(cli: Cli) -> i32 {
-    match cli.command {
-        Command::Drain { wait, instance } => drain_command(&instance, wait),
+    if let Command::Drain { wait, instance } = &cli.command {
+        return drain_command(instance, *wait);
+    }
+    let (inst, _problems) = install::load(&Root::new("/"));
+    if let Command::Logs {
+        follow,
+        lines,
+        instance,
+    } = &cli.command
+    {
+        return logs(&inst, instance, *follow, *lines);
+    }
+    if let Command::List = &cli.command {
+        print_list(&inst);
+        return exit::OK;
+    }
+    let systemd = match Systemd::system() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("gatewayctl: {e}");
+            return exit::FAILED;
+        }
+    };
+    let resolve = |args: &[String]| -> Result<Vec<&Instance>, i32> {
+        args.iter()
+            .map(|a| find(&inst, a))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                eprintln!("gatewayctl: {e}");
+                exit::UNKNOWN
+            })
+    };
+    let outcome = match &cli.command {
+        Command::Status { json, instances } => {
+            let chosen = if instances.is_empty() {
+                Ok(inst.instances.iter().collect())
+            } else {
+                resolve(instances)
+            };
+            chosen.map(|c| status(&systemd, &c, *json))
+        }
+        Command::Start { instances } => resolve(instances).map(|c| jobs(&systemd, Verb::Start, &c)),
+        Command::Stop { instances } => resolve(instances).map(|c| jobs(&systemd, Verb::Stop, &c)),
+        Command::Restart { instances } => {
+            resolve(instances).map(|c| jobs(&systemd, Verb::Restart, &c))
+        }
+        Command::RollingRestart { targets } => {
+            rolling_targets(&inst, targets).map(|c| rolling_restart(&systemd, &c))
+        }
+        Command::Enable { instances } => resolve(instances).map(|c| enable(&systemd, &c, true)),
+        Command::Disable { instances } => resolve(instances).map(|c| enable(&systemd, &c, false)),
+        Command::Nodemanager { action } => Ok(nodemanager(&systemd, action)),
+        Command::List | Command::Logs { .. } | Command::Drain { .. } => {
+            unreachable!("handled above")
+        }
+    };
+    outcome.unwrap_or_else(|code| code)
+}
+
+fn print_list(inst: &Installation) {
+    println!("{:<16} {:<20} {:<9} UNIT", "GROUP", "INSTANCE", "AUTOSTART");
+    for i in &inst.instances {
+        println!(
+            "{:<16} {:<20} {:<9} {}",
+            i.group.name,
+            i.name,
+            if i.settings.autostart { "yes" } else { "no" },
+            i.unit()
+        );
+    }
+    if let Some(nm) = &inst.node_manager {
+        println!(
+            "{:<16} {:<20} {:<9} {}",
+            "-",
+            nm.name,
+            if nm.settings.autostart { "yes" } else { "no" },
+            name::NODE_MANAGER_UNIT
+        );
+    }
+}
+
+/// `status`: one GetAll per interface and unit; a table or JSON.
+fn status(systemd: &Systemd, chosen: &[&Instance], json: bool) -> i32 {
+    let mut rows = Vec::new();
+    for i in chosen {
+        match systemd.status(&i.unit()) {
+            Ok(s) => rows.push((*i, s)),
+            Err(e) => {
+                eprintln!("gatewayctl: {e}");
+                return denied_or_failed(&e);
+            }
+        }
+    }
+    if json {
+        let list: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(i, s)| {
+                let mut v = serde_json::to_value(s).unwrap_or_default();
+                v["group"] = i.group.name.clone().into();
+                v["instance"] = i.name.clone().into();
+                v
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(list));
+    } else {
+        println!(
+            "{:<16} {:<20} {:<10} {:<8} {:>7} {:>8}  STATUS",
+            "GROUP", "INSTANCE", "STATE", "SUB", "PID", "RESTARTS"
+        );
+        for (i, s) in &rows {
+            println!(
+                "{:<16} {:<20} {:<10} {:<8} {:>7} {:>8}  {}",
+                i.group.name,
+                i.name,
+                s.active_state,
+                s.sub_state,
+                s.main_pid,
+                s.n_restarts,
+                s.status_text
+            );
+        }
+    }
+    exit::OK
+}
+
+/// Print why a job failed: the launcher's last STATUS= and the unit's last journal lines.
+fn explain_failure(systemd: &Systemd, unit: &str, result: &str) {
+    let s = systemd.status(unit).unwrap_or_default();
+    eprintln!(
+        "{unit}: job {result}; the unit is {} ({}), result {}",
+        s.active_state, s.sub_state, s.result
+    );
+    if !s.status_text.is_empty() {
+        eprintln!("  status: {}", s.status_text);
+    }
+    // Reading the journal needs no D-Bus; journalctl is the journal's own reader.
+    if let Ok(out) = std::process::Command::new("journalctl")
+        .args(["-u", unit, "-n", "10", "--no-pager", "-o", "short-iso"])
+        .output()
+    {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            eprintln!("  {line}");
+        }
+    }
+}
+
+/// start/stop/restart: one job per instance, each waited for.
+fn jobs(systemd: &Systemd, verb: Verb, chosen: &[&Instance]) -> i32 {
+    let mut code = exit::OK;
+    for i in chosen {
+        let unit = i.unit();
+        let started = Instant::now();
+        match systemd.run_job(verb, &unit) {
+            Ok(result) if result == "done" => {
+                println!(
+                    "{} {}/{}: done in {:.1}s",
+                    verb.word(),
+                    i.group.name,
+                    i.name,
+                    started.elapsed().as_secs_f64()
+                )
+            }
+            Ok(result) => {
+                explain_failure(systemd, &unit, &result);
+                code = exit::FAILED;
+            }
+            Err(e) => {
+                eprintln!("gatewayctl: {e}");
+                return denied_or_failed(&e);
+            }
+        }
+    }
+    code
+}
+
+fn enable(systemd: &Systemd, chosen: &[&Instance], on: bool) -> i32 {
+    let units: Vec<String> = chosen.iter().map(|i| i.unit()).collect();
+    let refs: Vec<&str> = units.iter().map(String::as_str).collect();
+    match systemd.set_enabled(&refs, on) {
+        Ok(()) => {
+            for i in chosen {
+                println!(
+                    "{} {}/{}",
+                    if on { "enabled" } else { "disabled" },
+                    i.group.name,
+                    i.name
+                );
+            }
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("gatewayctl: {e}");
+            denied_or_failed(&e)
+        }
+    }
+}
+
+fn logs(inst: &Installation, arg: &str, follow: bool, lines: u32) -> i32 {
+    let unit = match find(inst, arg) {
+        Ok(i) => i.unit(),
+        Err(e) => {
+            eprintln!("gatewayctl: {e}");
+            return exit::UNKNOWN;
+        }
+    };
+    let mut cmd = std::process::Command::new("journalctl");
+    cmd.args(["-u", &unit, "-n", &lines.to_string(), "--no-pager"]);
+    if follow {
+        cmd.arg("-f");
+    }
+    match cmd.status() {
+        Ok(s) => s.code().unwrap_or(exit::FAILED),
+        Err(e) => {
+            eprintln!("gatewayctl: journalctl: {e}");
+            exit::FAILED
+        }
+    }
+}
+
+/// Groups expand to their local instances, in topology order.
+fn rolling_targets<'a>(
+    inst: &'a Installation,
+    targets: &[String],
+) -> Result<Vec<&'a Instance>, i32> {
+    let mut chosen: Vec<&Instance> = Vec::new();
+    for t in targets {
+        let group: Vec<&Instance> = inst
+            .instances
+            .iter()
+            .filter(|i| i.group.name == *t)
+            .collect();
+        let found = if group.is_empty() {
+            find(inst, t).map(|i| vec![i])
+        } else {
+            Ok(group)
+        };
+        match found {
+            Ok(list) => {
+                for i in list {
+                    if !chosen.iter().any(|c| std::ptr::eq(*c, i)) {
+                        chosen.push(i);
+                    }
+                }
+            }
+            Err(_) => {
+                eprintln!("gatewayctl: {t}: neither a group nor an instance of this host; `gatewayctl list` shows them");
+                return Err(exit::UNKNOWN);
+            }
+        }
+    }
+    Ok(chosen)
+}
+
+/// How long a restarted instance may take to be serving again (its start already waited for
+/// the health check; this covers the launcher's LB state catching up).
+const SERVING_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn rolling_restart(systemd: &Systemd, chosen: &[&Instance]) -> i32 {
+    let n = chosen.len();
+    for (k, i) in chosen.iter().enumerate() {
+        let unit = i.unit();
+        let who = format!("[{}/{n}] {}/{}", k + 1, i.group.name, i.name);
+        println!("{who}: draining and restarting");
+        let started = Instant::now();
+        match systemd.run_job(Verb::Restart, &unit) {
+            Ok(result) if result == "done" => {}
+            Ok(result) => {
+                explain_failure(systemd, &unit, &result);
+                eprintln!(
+                    "rolling restart stopped at {who}; {} instance(s) not restarted",
+                    n - k - 1
+                );
+                return exit::FAILED;
+            }
+            Err(e) => {
+                eprintln!("gatewayctl: {e}");
+                return denied_or_failed(&e);
+            }
+        }
+        let socket = drain::control_socket(&i.instance_string);
+        let serving = loop {
+            match drain::state(&socket) {
+                Ok(state) if state == "serving" => break true,
+                _ if started.elapsed() > SERVING_TIMEOUT => break false,
+                _ => std::thread::sleep(Duration::from_millis(100)),
+            }
+        };
+        if !serving {
+            let s: UnitStatus = systemd.status(&unit).unwrap_or_default();
+            eprintln!("{who}: restarted but not serving after {SERVING_TIMEOUT:?} ({}); rolling restart stopped here", s.status_text);
+            return exit::FAILED;
+        }
+        println!(
+            "{who}: serving again after {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    exit::OK
+}
+
+fn nodemanager(systemd: &Systemd, action: &str) -> i32 {
+    let unit = name::NODE_MANAGER_UNIT;
+    let verb = match action {
+        "start" => Verb::Start,
+        "stop" => Verb::Stop,
+        _ => {
+            return match systemd.status(unit) {
+                Ok(s) => {
+                    println!(
+                        "{unit}: {} ({}) {}",
+                        s.active_state, s.sub_state, s.status_text
+                    );
+                    if s.active_state == "active" {
+                        exit::OK
+                    } else {
+                        3
+                    }
+                }
+                Err(e) => {
+                    eprintln!("gatewayctl: {e}");
+                    denied_or_failed(&e)
+                }
+            };
+        }
+    };
+    match systemd.run_job(verb, unit) {
+        Ok(r) if r == "done" => exit::OK,
+        Ok(r) => {
+            explain_failure(systemd, unit, &r);
+            exit::FAILED
+        }
+        Err(e) => {
+            eprintln!("gatewayctl: {e}");
+            denied_or_failed(&e)
+        }
     }
 }
 
@@ -61,7 +498,7 @@ fn drain_command(arg: &str, wait: bool) -> i32 {
         Ok(i) => i,
         Err(e) => {
             eprintln!("gatewayctl: {e}");
-            return 1;
+            return exit::UNKNOWN;
         }
     };
     let shown = name::parse_instance_string(&instance)
@@ -70,7 +507,7 @@ fn drain_command(arg: &str, wait: bool) -> i32 {
     // Under ExecStop=, systemd sets $MAINPID only while the main process lives.
     if std::env::var_os("INVOCATION_ID").is_some() && std::env::var_os("MAINPID").is_none() {
         eprintln!("{shown}: the gateway has already exited; nothing to drain");
-        return 0;
+        return exit::OK;
     }
     let socket = drain::control_socket(&instance);
     let result = drain::request(&socket, wait, |delay| {
@@ -80,22 +517,26 @@ fn drain_command(arg: &str, wait: bool) -> i32 {
         );
     });
     match result {
-        Ok(DrainOutcome::Started(_)) => 0,
+        Ok(DrainOutcome::Started(_)) => exit::OK,
         Ok(DrainOutcome::Drained(delay)) => {
             eprintln!("drained {shown} after {}s", delay.as_secs_f64());
-            0
+            exit::OK
         }
         Ok(DrainOutcome::GatewayGone) => {
             eprintln!("{shown}: the gateway exited while draining");
-            0
+            exit::OK
         }
         Err(e @ DrainError::NotRunning { .. }) => {
             eprintln!("{shown}: {e}");
-            0
+            exit::OK
+        }
+        Err(e @ DrainError::Denied { .. }) => {
+            eprintln!("gatewayctl: drain {shown}: {e}");
+            exit::DENIED
         }
         Err(e) => {
             eprintln!("gatewayctl: drain {shown}: {e}");
-            1
+            exit::FAILED
         }
     }
 }

@@ -55,6 +55,19 @@ pub enum DrainError {
     },
 }
 
+impl DrainError {
+    fn from_io(socket: &Path, source: io::Error) -> Self {
+        let socket = socket.to_path_buf();
+        match source.kind() {
+            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
+                DrainError::NotRunning { socket }
+            }
+            io::ErrorKind::PermissionDenied => DrainError::Denied { socket },
+            _ => DrainError::Io { socket, source },
+        }
+    }
+}
+
 /// How a drain request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DrainOutcome {
@@ -73,18 +86,7 @@ pub fn request(
     wait: bool,
     on_begin: impl FnOnce(Duration),
 ) -> Result<DrainOutcome, DrainError> {
-    let io_err = |source: io::Error| match source.kind() {
-        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => DrainError::NotRunning {
-            socket: socket.to_path_buf(),
-        },
-        io::ErrorKind::PermissionDenied => DrainError::Denied {
-            socket: socket.to_path_buf(),
-        },
-        _ => DrainError::Io {
-            socket: socket.to_path_buf(),
-            source,
-        },
-    };
+    let io_err = |source: io::Error| DrainError::from_io(socket, source);
     let mut stream = UnixStream::connect(socket).map_err(io_err)?;
     stream.write_all(b"drain\n").map_err(io_err)?;
     let mut lines = BufReader::new(stream).lines();
@@ -121,4 +123,23 @@ pub fn request(
             answer: other.to_string(),
         }),
     }
+}
+
+/// Ask the launcher behind `socket` for its state word (`starting`, `serving`, `unhealthy`,
+/// `draining`, `stopping`).
+pub fn state(socket: &Path) -> Result<String, DrainError> {
+    let io_err = |source: io::Error| DrainError::from_io(socket, source);
+    let mut stream = UnixStream::connect(socket).map_err(io_err)?;
+    stream.write_all(b"status\n").map_err(io_err)?;
+    let mut line = String::new();
+    BufReader::new(stream)
+        .read_line(&mut line)
+        .map_err(io_err)?;
+    serde_json::from_str::<serde_json::Value>(&line)
+        .ok()
+        .and_then(|v| v["state"].as_str().map(str::to_string))
+        .ok_or_else(|| DrainError::Protocol {
+            socket: socket.to_path_buf(),
+            answer: line.trim().to_string(),
+        })
 }

@@ -5,6 +5,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod ctl;
 mod harness;
 mod launcher;
 
@@ -336,6 +337,23 @@ fn main() {
         (
             "launcher::asked_passphrase_reaches_the_gateway",
             launcher::asked_passphrase_reaches_the_gateway,
+        ),
+        ("gatewayctl::start_status_stop", ctl::start_status_stop),
+        (
+            "gatewayctl::failed_start_is_explained",
+            ctl::failed_start_is_explained,
+        ),
+        (
+            "gatewayctl::exit_codes_and_messages",
+            ctl::exit_codes_and_messages,
+        ),
+        (
+            "gatewayctl::node_manager_commands",
+            ctl::node_manager_commands,
+        ),
+        (
+            "gatewayctl::rolling_restart_takes_one_out_at_a_time",
+            ctl::rolling_restart_takes_one_out_at_a_time,
         ),
     ];
     let mut trials: Vec<Trial> = shared_tests

@@ -1,0 +1,260 @@
+//! A client of systemd's manager over the system bus (`org.freedesktop.systemd1`), never by
+//! running `systemctl`: jobs are started with the JobRemoved stream already open, so their
+//! real result is known; unit properties are read with one GetAll per interface.
+
+use std::collections::HashMap;
+use zbus::blocking::Connection;
+use zbus::zvariant::{OwnedObjectPath, OwnedValue};
+
+/// What EnableUnitFiles/DisableUnitFiles report: (change type, file, destination).
+pub type UnitFileChanges = Vec<(String, String, String)>;
+
+/// systemd's manager.
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Manager",
+    default_service = "org.freedesktop.systemd1",
+    default_path = "/org/freedesktop/systemd1",
+    gen_async = false,
+    blocking_name = "ManagerProxy"
+)]
+pub trait Manager {
+    /// Ask for job and unit signals.
+    fn subscribe(&self) -> zbus::Result<()>;
+    /// Enqueue a start job.
+    fn start_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    /// Enqueue a stop job.
+    fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    /// Enqueue a restart job.
+    fn restart_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    /// Load a unit (or find it loaded) and return its object path.
+    fn load_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
+    /// Enable unit files (`systemctl enable`).
+    fn enable_unit_files(
+        &self,
+        files: &[&str],
+        runtime: bool,
+        force: bool,
+    ) -> zbus::Result<(bool, UnitFileChanges)>;
+    /// Disable unit files (`systemctl disable`).
+    fn disable_unit_files(
+        &self,
+        files: &[&str],
+        runtime: bool,
+    ) -> zbus::Result<Vec<(String, String, String)>>;
+    /// Reload unit files (`systemctl daemon-reload`).
+    fn reload(&self) -> zbus::Result<()>;
+    /// A job finished: id, job path, unit, result (done, failed, timeout, canceled, dependency, skipped).
+    #[zbus(signal)]
+    fn job_removed(
+        &self,
+        id: u32,
+        job: OwnedObjectPath,
+        unit: String,
+        result: String,
+    ) -> zbus::Result<()>;
+}
+
+/// What can go wrong talking to systemd.
+#[derive(Debug, thiserror::Error)]
+pub enum SystemdError {
+    /// The caller may not do this (not root, and polkit said no).
+    #[error("{action}: permission denied; run as root (sudo) or get polkit authorisation for systemd units")]
+    Denied {
+        /// What was attempted.
+        action: String,
+    },
+    /// The system bus is not there.
+    #[error("cannot reach systemd on the system bus ({0}); is this host running systemd?")]
+    NoBus(String),
+    /// Anything else systemd or the bus said.
+    #[error("{action}: {detail}")]
+    Call {
+        /// What was attempted.
+        action: String,
+        /// What systemd answered.
+        detail: String,
+    },
+}
+
+fn call_error(action: &str, e: zbus::Error) -> SystemdError {
+    if let zbus::Error::MethodError(name, msg, _) = &e {
+        let name = name.as_str();
+        if name.ends_with("AccessDenied") || name.ends_with("InteractiveAuthorizationRequired") {
+            return SystemdError::Denied {
+                action: action.to_string(),
+            };
+        }
+        return SystemdError::Call {
+            action: action.to_string(),
+            detail: msg.clone().unwrap_or_else(|| name.to_string()),
+        };
+    }
+    SystemdError::Call {
+        action: action.to_string(),
+        detail: e.to_string(),
+    }
+}
+
+/// Which job to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    /// StartUnit.
+    Start,
+    /// StopUnit.
+    Stop,
+    /// RestartUnit.
+    Restart,
+}
+
+impl Verb {
+    /// The operator's word.
+    pub fn word(self) -> &'static str {
+        match self {
+            Verb::Start => "start",
+            Verb::Stop => "stop",
+            Verb::Restart => "restart",
+        }
+    }
+}
+
+/// A unit's state, as `systemctl status` would show it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct UnitStatus {
+    /// Unit name.
+    pub unit: String,
+    /// loaded, not-found, masked, ...
+    pub load_state: String,
+    /// active, inactive, failed, activating, deactivating, ...
+    pub active_state: String,
+    /// running, dead, start, stop-post, ...
+    pub sub_state: String,
+    /// The main process (the launcher), 0 when none.
+    pub main_pid: u32,
+    /// Exit status of the last main process.
+    pub exec_main_status: i32,
+    /// The launcher's STATUS= text.
+    pub status_text: String,
+    /// How often systemd restarted it.
+    pub n_restarts: u32,
+    /// When it last became active (µs since the epoch; 0 = never).
+    pub active_enter_timestamp: u64,
+    /// success, exit-code, signal, timeout, watchdog, ...
+    pub result: String,
+}
+
+fn get<T: TryFrom<OwnedValue>>(map: &HashMap<String, OwnedValue>, key: &str) -> Option<T> {
+    map.get(key)
+        .and_then(|v| v.try_clone().ok())
+        .and_then(|v| T::try_from(v).ok())
+}
+
+/// A connection to systemd's manager.
+pub struct Systemd {
+    connection: Connection,
+    manager: ManagerProxy<'static>,
+}
+
+impl Systemd {
+    /// Connect to the local system bus.
+    pub fn system() -> Result<Self, SystemdError> {
+        let connection = Connection::system().map_err(|e| SystemdError::NoBus(e.to_string()))?;
+        Self::over(connection)
+    }
+
+    /// Use an established bus connection (e.g. one tunnelled to another host).
+    pub fn over(connection: Connection) -> Result<Self, SystemdError> {
+        let manager =
+            ManagerProxy::new(&connection).map_err(|e| SystemdError::NoBus(e.to_string()))?;
+        // systemd only sends JobRemoved to subscribed clients; once per connection.
+        manager
+            .subscribe()
+            .map_err(|e| call_error("subscribe to systemd's job signals", e))?;
+        Ok(Systemd {
+            connection,
+            manager,
+        })
+    }
+
+    /// Run a job and wait until systemd removes it; returns its result word ("done" on success).
+    /// The JobRemoved stream is opened before the job is enqueued, so no result can be missed.
+    pub fn run_job(&self, verb: Verb, unit: &str) -> Result<String, SystemdError> {
+        let action = format!("{} {unit}", verb.word());
+        let mut removed = self
+            .manager
+            .receive_job_removed()
+            .map_err(|e| call_error(&action, e))?;
+        let job = match verb {
+            Verb::Start => self.manager.start_unit(unit, "replace"),
+            Verb::Stop => self.manager.stop_unit(unit, "replace"),
+            Verb::Restart => self.manager.restart_unit(unit, "replace"),
+        }
+        .map_err(|e| call_error(&action, e))?;
+        for signal in &mut removed {
+            let args = signal.args().map_err(|e| call_error(&action, e))?;
+            if args.job == job {
+                return Ok(args.result);
+            }
+        }
+        Err(SystemdError::Call {
+            action,
+            detail: "the bus connection closed before the job finished".into(),
+        })
+    }
+
+    /// The state of a unit (loading it if needed).
+    pub fn status(&self, unit: &str) -> Result<UnitStatus, SystemdError> {
+        let action = format!("status of {unit}");
+        let path = self
+            .manager
+            .load_unit(unit)
+            .map_err(|e| call_error(&action, e))?;
+        let props = zbus::blocking::fdo::PropertiesProxy::builder(&self.connection)
+            .destination("org.freedesktop.systemd1")
+            .and_then(|b| b.path(path))
+            .and_then(|b| b.build())
+            .map_err(|e| call_error(&action, e))?;
+        let all = |iface: &'static str| -> Result<HashMap<String, OwnedValue>, SystemdError> {
+            let name = zbus::names::InterfaceName::from_static_str_unchecked(iface);
+            props
+                .get_all(name)
+                .map_err(|e| call_error(&action, e.into()))
+        };
+        let u = all("org.freedesktop.systemd1.Unit")?;
+        let mut s = UnitStatus {
+            unit: unit.to_string(),
+            load_state: get(&u, "LoadState").unwrap_or_default(),
+            active_state: get(&u, "ActiveState").unwrap_or_default(),
+            sub_state: get(&u, "SubState").unwrap_or_default(),
+            active_enter_timestamp: get(&u, "ActiveEnterTimestamp").unwrap_or_default(),
+            ..UnitStatus::default()
+        };
+        if unit.ends_with(".service") && s.load_state == "loaded" {
+            let svc = all("org.freedesktop.systemd1.Service")?;
+            s.main_pid = get(&svc, "MainPID").unwrap_or_default();
+            s.exec_main_status = get(&svc, "ExecMainStatus").unwrap_or_default();
+            s.status_text = get(&svc, "StatusText").unwrap_or_default();
+            s.n_restarts = get(&svc, "NRestarts").unwrap_or_default();
+            s.result = get(&svc, "Result").unwrap_or_default();
+        }
+        Ok(s)
+    }
+
+    /// Enable or disable unit files, then reload.
+    pub fn set_enabled(&self, units: &[&str], enable: bool) -> Result<(), SystemdError> {
+        let action = format!(
+            "{} {}",
+            if enable { "enable" } else { "disable" },
+            units.join(" ")
+        );
+        if enable {
+            self.manager
+                .enable_unit_files(units, false, false)
+                .map_err(|e| call_error(&action, e))?;
+        } else {
+            self.manager
+                .disable_unit_files(units, false)
+                .map_err(|e| call_error(&action, e))?;
+        }
+        self.manager.reload().map_err(|e| call_error(&action, e))
+    }
+}

@@ -1,0 +1,213 @@
+//! gatewayctl against real systemd over D-Bus: start/stop/status, failure reports, exit codes,
+//! non-root callers, the Node Manager, and a rolling restart watched through the load balancer
+//! health endpoints.
+
+use crate::harness::Container;
+use crate::launcher::{http, SERVER1, SERVER2};
+use libtest_mimic::Failed;
+use std::fs;
+use std::time::{Duration, Instant};
+
+const SERVER3: &str = "gateway@group1-server3.service";
+
+fn fail(msg: String) -> Failed {
+    msg.into()
+}
+
+/// Run gatewayctl inside: (exit code, stdout, stderr).
+fn ctl(c: &Container, args: &[&str]) -> (i32, String, String) {
+    let mut full = vec!["gatewayctl"];
+    full.extend_from_slice(args);
+    let out = c.exec(&full);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+fn status_json(c: &Container, instance: &str) -> Result<serde_json::Value, Failed> {
+    let (code, out, err) = ctl(c, &["status", "--json", instance]);
+    if code != 0 {
+        return Err(fail(format!(
+            "gatewayctl status --json {instance}: exit {code}: {err}"
+        )));
+    }
+    let list: serde_json::Value = serde_json::from_str(&out)?;
+    Ok(list[0].clone())
+}
+
+/// start waits for readiness, status reads the unit over D-Bus, stop drains first.
+pub fn start_status_stop(c: &Container) -> Result<(), Failed> {
+    let _ = ctl(c, &["stop", "group1/server1"]);
+    let (code, out, err) = ctl(c, &["start", "group1/server1"]);
+    if code != 0 || !out.contains("start group1/server1: done") {
+        return Err(fail(format!("gatewayctl start: exit {code}\n{out}{err}")));
+    }
+    if http(c, "GET", "http://127.0.0.1:8080/healthcheck").0 != 200 {
+        return Err(fail("start returned before the instance answered".into()));
+    }
+    let s = status_json(c, "group1/server1")?;
+    if s["active_state"] != "active"
+        || s["main_pid"].as_u64().unwrap_or(0) == 0
+        || !s["status_text"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("serving")
+    {
+        return Err(fail(format!("status after start: {s}")));
+    }
+    let started = Instant::now();
+    let (code, _, err) = ctl(c, &["stop", "gateway@group1-server1.service"]);
+    let took = started.elapsed();
+    let s = status_json(c, "group1-server1")?;
+    if code != 0 || s["active_state"] != "inactive" || took < Duration::from_millis(2900) {
+        return Err(fail(format!(
+            "gatewayctl stop: exit {code} after {took:?} (drain is 3 s), state {s}: {err}"
+        )));
+    }
+    Ok(())
+}
+
+/// A start that fails exits non-zero and shows the status text and the journal.
+pub fn failed_start_is_explained(c: &Container) -> Result<(), Failed> {
+    let dropin = c
+        .root()
+        .join("etc/gateway-systemd/gateway.toml.d/70-ctl-test.toml");
+    fs::create_dir_all(dropin.parent().unwrap())?;
+    fs::write(
+        &dropin,
+        "[instances.\"group1/server2\"]\nstart_command = [\"/bin/false\"]\n",
+    )?;
+    c.ok(&["systemctl", "daemon-reload"])?;
+    let (code, out, err) = ctl(c, &["start", "group1/server2"]);
+    fs::remove_file(&dropin)?;
+    c.ok(&["systemctl", "daemon-reload"])?;
+    let _ = c.exec(&["systemctl", "reset-failed", SERVER2]);
+    if code != 1
+        || !err.contains("job failed")
+        || !err.contains("gateway stopped: exit status 1")
+        || !err.contains("stopped: exit status 1")
+    {
+        return Err(fail(format!(
+            "a failing start gave exit {code}:\n{out}{err}"
+        )));
+    }
+    Ok(())
+}
+
+/// Unknown instances, non-root callers and `status` of all get clear answers.
+pub fn exit_codes_and_messages(c: &Container) -> Result<(), Failed> {
+    let (code, _, err) = ctl(c, &["start", "group1/nope"]);
+    if code != 5 || !err.contains("no such instance") {
+        return Err(fail(format!("unknown instance: exit {code}: {err}")));
+    }
+    let out = c.exec(&[
+        "setpriv",
+        "--reuid=nobody",
+        "--regid=nogroup",
+        "--clear-groups",
+        "gatewayctl",
+        "start",
+        "group1/server1",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    if out.status.code() != Some(4)
+        || !err.contains("permission denied; run as root")
+        || err.contains("org.freedesktop")
+    {
+        return Err(fail(format!(
+            "non-root start: {:?}: {err}",
+            out.status.code()
+        )));
+    }
+    let (code, out, err) = ctl(c, &["status", "--json"]);
+    let all: serde_json::Value =
+        serde_json::from_str(&out).map_err(|e| fail(format!("{e}: {out}{err}")))?;
+    let names: Vec<&str> = all
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v["instance"].as_str())
+        .collect();
+    if code != 0 || names != ["server1", "server2", "server3", "edge node 1"] {
+        return Err(fail(format!(
+            "status of all: exit {code}, instances {names:?}"
+        )));
+    }
+    let (code, out, _) = ctl(c, &["list"]);
+    if code != 0 || !out.contains(r"gateway@payments\x2deu-edge\x20node\x201.service") {
+        return Err(fail(format!("list: exit {code}\n{out}")));
+    }
+    Ok(())
+}
+
+/// `gatewayctl nodemanager start|status|stop`.
+pub fn node_manager_commands(c: &Container) -> Result<(), Failed> {
+    let (code, _, err) = ctl(c, &["nodemanager", "start"]);
+    let (status_code, out, _) = ctl(c, &["nodemanager", "status"]);
+    let (stop_code, _, _) = ctl(c, &["nodemanager", "stop"]);
+    let (after, _, _) = ctl(c, &["nodemanager", "status"]);
+    if code != 0
+        || status_code != 0
+        || !out.contains("active (running)")
+        || stop_code != 0
+        || after != 3
+    {
+        return Err(fail(format!("nodemanager: start {code} ({err}), status {status_code} ({out}), stop {stop_code}, status after {after}")));
+    }
+    Ok(())
+}
+
+/// A rolling restart of group1 (3 instances) with the LB endpoints polled all along: never
+/// more than one instance out of the pool, each out exactly once, all serving at the end.
+pub fn rolling_restart_takes_one_out_at_a_time(c: &Container) -> Result<(), Failed> {
+    let lbs = [(SERVER1, 18085), (SERVER2, 18086), (SERVER3, 18088)];
+    for (unit, _) in lbs {
+        c.ok(&["systemctl", "start", unit])?;
+    }
+    let mut run = c.spawn(&["gatewayctl", "rolling-restart", "group1"]);
+    let mut samples: Vec<[bool; 3]> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while run.try_wait()?.is_none() && Instant::now() < deadline {
+        let mut up = [false; 3];
+        for (k, (_, port)) in lbs.iter().enumerate() {
+            up[k] = http(c, "GET", &format!("http://127.0.0.1:{port}/healthchecklb")).0 == 200;
+        }
+        samples.push(up);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = run.wait()?;
+    let mut out = String::new();
+    if let Some(mut o) = run.stdout.take() {
+        std::io::Read::read_to_string(&mut o, &mut out)?;
+    }
+    if let Some(mut e) = run.stderr.take() {
+        std::io::Read::read_to_string(&mut e, &mut out)?;
+    }
+    for (unit, _) in lbs {
+        let _ = c.exec(&["systemctl", "stop", unit]);
+    }
+    if !status.success() || !out.contains("[3/3] group1/server3: serving again") {
+        return Err(fail(format!("rolling-restart: {status}\n{out}")));
+    }
+    if let Some(s) = samples
+        .iter()
+        .find(|s| s.iter().filter(|up| !**up).count() > 1)
+    {
+        return Err(fail(format!(
+            "two instances out of the pool at once: {s:?}"
+        )));
+    }
+    for (k, (unit, _)) in lbs.iter().enumerate() {
+        let outs = samples.windows(2).filter(|w| w[0][k] && !w[1][k]).count()
+            + usize::from(!samples[0][k]);
+        if outs != 1 {
+            return Err(fail(format!(
+                "{unit} left the pool {outs} times during the rolling restart ({} samples)",
+                samples.len()
+            )));
+        }
+    }
+    Ok(())
+}
