@@ -40,6 +40,15 @@ pub struct Options {
     /// Worker threads.
     #[arg(long, default_value_t = 4)]
     pub threads: usize,
+    /// A configuration property, as the vendor's gateway takes it (reported by /demo/status).
+    #[arg(short = 'D', value_name = "PROP[=VALUE]")]
+    pub properties: Vec<String>,
+    /// Quiet mode, as the vendor's gateway takes it (reported by /demo/status).
+    #[arg(short = 'q')]
+    pub quiet: bool,
+    /// Boot trace destination, as the vendor's gateway takes it (reported by /demo/status).
+    #[arg(short = 'b', value_name = "FILE")]
+    pub boot_trace: Option<String>,
 }
 
 fn parse_span(s: &str) -> Result<Duration, String> {
@@ -53,6 +62,7 @@ struct State {
     ignore_sigterm_ms: AtomicU64,
     first_healthy_us: AtomicU64,
     passphrase_bytes: usize,
+    options: serde_json::Value,
 }
 
 fn now_us() -> u64 {
@@ -113,6 +123,7 @@ pub fn main(opts: Options) -> i32 {
         ignore_sigterm_ms: AtomicU64::new(opts.ignore_sigterm.as_millis() as u64),
         first_healthy_us: AtomicU64::new(0),
         passphrase_bytes,
+        options: serde_json::json!({"properties": opts.properties, "quiet": opts.quiet, "boot_trace": opts.boot_trace}),
     });
     println!(
         "gateway-demo: pid {} listening on {listen} (healthy after {:?})",
@@ -188,6 +199,7 @@ fn serve(mut request: tiny_http::Request, state: &State) {
                 "pid": std::process::id(),
                 "passphrase_bytes": state.passphrase_bytes,
                 "first_healthy_us": state.first_healthy_us.load(Ordering::SeqCst),
+                "options": state.options,
             })
             .to_string()
                 + "\n",

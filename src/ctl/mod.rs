@@ -1,6 +1,8 @@
 //! `gatewayctl`: the operator's command line. It drives systemd over D-Bus (see
 //! [`crate::systemd`]) and names instances the way operators do: `group/instance`.
 
+pub mod compat;
+
 use crate::drain::{self, DrainError, DrainOutcome};
 use crate::install::{self, Installation, Instance, Root};
 use crate::systemd::{Systemd, SystemdError, UnitStatus, Verb};

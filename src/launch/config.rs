@@ -87,6 +87,8 @@ pub struct LaunchConfig {
     pub passphrase: Passphrase,
 }
 
+/// Environment variable with extra arguments for the gateway (set by `startinstance`).
+pub const EXTRA_ARGS_VAR: &str = "GATEWAY_EXTRA_ARGS";
 /// Name of the credential that carries the passphrase.
 pub const PASSPHRASE_CREDENTIAL: &str = "passphrase";
 /// Default path of the LB health endpoint, as the vendor's Health Check LB policy uses.
@@ -163,7 +165,7 @@ impl LaunchConfig {
                 why: "expected an address:port, e.g. 0.0.0.0:18085".into(),
             })?),
         };
-        let command = match get("GATEWAY_START_COMMAND").filter(|v| !v.is_empty()) {
+        let mut command = match get("GATEWAY_START_COMMAND").filter(|v| !v.is_empty()) {
             Some(json) => serde_json::from_str::<Vec<String>>(&json)
                 .ok()
                 .filter(|c| !c.is_empty())
@@ -174,6 +176,15 @@ impl LaunchConfig {
                 })?,
             None => default_command(&role, &install_dir, &work_dir),
         };
+        // Options given to `startinstance` (-D, -b, -q, after -e) reach the gateway this way.
+        if let Some(json) = get(EXTRA_ARGS_VAR).filter(|v| !v.is_empty()) {
+            let extra: Vec<String> = serde_json::from_str(&json).map_err(|_| ConfigError::Bad {
+                var: EXTRA_ARGS_VAR,
+                value: json.clone(),
+                why: "expected a JSON list of strings".into(),
+            })?;
+            command.extend(extra);
+        }
         let credentials = get("CREDENTIALS_DIRECTORY").map(PathBuf::from);
         let passphrase = match credentials.map(|d| d.join(PASSPHRASE_CREDENTIAL)) {
             Some(p) if p.exists() => Passphrase::Credential(p),

@@ -239,6 +239,13 @@ impl Systemd {
         Ok(s)
     }
 
+    /// Reload unit files (what `systemctl daemon-reload` does; reruns the generators).
+    pub fn reload(&self) -> Result<(), SystemdError> {
+        self.manager
+            .reload()
+            .map_err(|e| call_error("reload systemd", e))
+    }
+
     /// Enable or disable unit files, then reload.
     pub fn set_enabled(&self, units: &[&str], enable: bool) -> Result<(), SystemdError> {
         let action = format!(

@@ -68,6 +68,14 @@ pub fn bins() -> Vec<(&'static str, PathBuf)> {
             "gateway-demo",
             PathBuf::from(env!("CARGO_BIN_EXE_gateway-demo")),
         ),
+        (
+            "startinstance",
+            PathBuf::from(env!("CARGO_BIN_EXE_startinstance")),
+        ),
+        (
+            "nodemanager",
+            PathBuf::from(env!("CARGO_BIN_EXE_nodemanager")),
+        ),
     ]
 }
 

@@ -211,3 +211,138 @@ pub fn rolling_restart_takes_one_out_at_a_time(c: &Container) -> Result<(), Fail
     }
     Ok(())
 }
+
+fn run(c: &Container, args: &[&str]) -> (i32, String, String) {
+    let out = c.exec(args);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+fn demo_options(c: &Container, port: u16) -> Result<serde_json::Value, Failed> {
+    let (_, status) = http(c, "GET", &format!("http://127.0.0.1:{port}/demo/status"));
+    let v: serde_json::Value =
+        serde_json::from_str(&status).map_err(|e| fail(format!("{e}: {status:?}")))?;
+    Ok(v["options"].clone())
+}
+
+/// The vendor's `startinstance` command lines work: listing, -d/-s/-k with exit codes, names
+/// with spaces in any order, directories, and -D/-q/-b reaching the gateway for one start.
+pub fn startinstance_compatible(c: &Container) -> Result<(), Failed> {
+    let (code, out, _) = run(c, &["startinstance"]);
+    if code != 0
+        || !out.contains("usage: startinstance")
+        || !out.contains(r#"startinstance -n "edge node 1" -g "payments-eu""#)
+    {
+        return Err(fail(format!(
+            "startinstance without arguments: exit {code}\n{out}"
+        )));
+    }
+    let steps: [(&[&str], i32); 5] = [
+        (
+            &[
+                "startinstance",
+                "-g",
+                "payments-eu",
+                "-n",
+                "edge node 1",
+                "-d",
+            ],
+            0,
+        ),
+        (
+            &[
+                "startinstance",
+                "-s",
+                "-n",
+                "edge node 1",
+                "-g",
+                "payments-eu",
+            ],
+            0,
+        ),
+        (
+            &[
+                "startinstance",
+                "/opt/apigateway/groups/group-3/instance-3",
+                "-k",
+            ],
+            0,
+        ),
+        (
+            &[
+                "startinstance",
+                "-h",
+                "/opt/apigateway/groups/group-3/instance-3/",
+                "-s",
+            ],
+            1,
+        ),
+        (&["startinstance", "-n", "ghost", "-g", "group1", "-d"], 5),
+    ];
+    for (args, want) in steps {
+        let (code, out, err) = run(c, args);
+        if code != want {
+            return Err(fail(format!(
+                "{args:?}: exit {code}, expected {want}\n{out}{err}"
+            )));
+        }
+    }
+    let (code, _, err) = run(
+        c,
+        &[
+            "startinstance",
+            "-n",
+            "server1",
+            "-g",
+            "group1",
+            "-d",
+            "-Dfoo=bar",
+            "-q",
+            "-b",
+            "/tmp/trace",
+        ],
+    );
+    let with = demo_options(c, 8080)?;
+    let _ = run(c, &["startinstance", "-n", "server1", "-g", "group1", "-k"]);
+    let (code2, _, err2) = run(c, &["startinstance", "-n", "server1", "-g", "group1", "-d"]);
+    let without = demo_options(c, 8080)?;
+    let _ = run(c, &["startinstance", "-n", "server1", "-g", "group1", "-k"]);
+    if code != 0
+        || with
+            != serde_json::json!({"properties": ["foo=bar"], "quiet": true, "boot_trace": "/tmp/trace"})
+    {
+        return Err(fail(format!(
+            "-D/-q/-b: exit {code} ({err}), the gateway got {with}"
+        )));
+    }
+    if code2 != 0
+        || without != serde_json::json!({"properties": [], "quiet": false, "boot_trace": null})
+    {
+        return Err(fail(format!(
+            "a later start without options: exit {code2} ({err2}), the gateway got {without}"
+        )));
+    }
+    Ok(())
+}
+
+/// `nodemanager`, `nodemanager -s`, `nodemanager -k`.
+pub fn nodemanager_compatible(c: &Container) -> Result<(), Failed> {
+    let codes: Vec<i32> = [
+        &["nodemanager"][..],
+        &["nodemanager", "-s"],
+        &["nodemanager", "-k"],
+        &["nodemanager", "-s"],
+    ]
+    .iter()
+    .map(|a| run(c, a).0)
+    .collect();
+    if codes != [0, 0, 0, 1] {
+        return Err(fail(format!(
+            "nodemanager, -s, -k, -s gave {codes:?}, expected [0, 0, 0, 1]"
+        )));
+    }
+    Ok(())
+}

@@ -355,6 +355,8 @@ fn main() {
             "gatewayctl::rolling_restart_takes_one_out_at_a_time",
             ctl::rolling_restart_takes_one_out_at_a_time,
         ),
+        ("compat::startinstance", ctl::startinstance_compatible),
+        ("compat::nodemanager", ctl::nodemanager_compatible),
     ];
     let mut trials: Vec<Trial> = shared_tests
         .into_iter()
