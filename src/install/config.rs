@@ -40,6 +40,8 @@ pub struct SettingsPatch {
     pub lb_health_path: Option<String>,
     /// Ask for the passphrase with systemd-ask-password at start (like `startinstance -P`).
     pub ask_passphrase: Option<bool>,
+    /// Start only after the Node Manager (Wants= and After= gateway-nodemanager.service).
+    pub after_nodemanager: Option<bool>,
 }
 
 impl SettingsPatch {
@@ -61,7 +63,8 @@ impl SettingsPatch {
             start_command,
             lb_health_listen,
             lb_health_path,
-            ask_passphrase
+            ask_passphrase,
+            after_nodemanager
         );
     }
 }

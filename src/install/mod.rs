@@ -309,6 +309,8 @@ pub struct InstanceSettings {
     pub lb_health_path: String,
     /// Ask for the passphrase at start.
     pub ask_passphrase: bool,
+    /// Order after (and want) the Node Manager.
+    pub after_nodemanager: bool,
 }
 
 /// The longest a start may go without progress: systemd's `TimeoutStartSec=`, which the
@@ -826,6 +828,7 @@ pub fn builtin_defaults() -> SettingsPatch {
         lb_health_listen: None,
         lb_health_path: Some(DEFAULT_LB_HEALTH_PATH.to_string()),
         ask_passphrase: Some(false),
+        after_nodemanager: Some(false),
     }
 }
 
@@ -925,6 +928,7 @@ fn settle(
         lb_health_listen,
         lb_health_path,
         ask_passphrase: patch.ask_passphrase.unwrap_or(false),
+        after_nodemanager: patch.after_nodemanager.unwrap_or(false),
         autostart: patch.autostart.unwrap_or(true),
         health_url,
         drain_delay,

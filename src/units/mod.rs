@@ -144,10 +144,18 @@ fn common_service_lines(out: &mut String, inst: &Installation, s: &InstanceSetti
     credential_lines(out, &s.credentials);
 }
 
-fn unit_section(out: &mut String, description: &str, s: &InstanceSettings) {
+fn unit_section(
+    out: &mut String,
+    description: &str,
+    s: &InstanceSettings,
+    after_nodemanager: bool,
+) {
     let _ = writeln!(out, "[Unit]\nDescription={}", plain(description));
     if let Some(c) = &s.cassandra {
         let _ = writeln!(out, "Wants={c}\nAfter={c}");
+    }
+    if after_nodemanager {
+        let _ = writeln!(out, "Wants={0}\nAfter={0}", name::NODE_MANAGER_UNIT);
     }
 }
 
@@ -169,10 +177,13 @@ pub fn render(inst: &Installation, masks: &[Mask]) -> Vec<Entry> {
             plain(&i.group.id),
             plain(&i.id)
         );
+        // Only a Node Manager of this host can be waited for.
+        let after_nm = s.after_nodemanager && inst.node_manager.is_some();
         unit_section(
             &mut c,
             &format!("API Gateway instance {} in group {}", i.name, i.group.name),
             s,
+            after_nm,
         );
         c.push_str("\n[Service]\n");
         env(&mut c, "VDISTDIR", &dist);
@@ -206,7 +217,7 @@ pub fn render(inst: &Installation, masks: &[Mask]) -> Vec<Entry> {
              # Change /etc/gateway-systemd/gateway.toml and run `systemctl daemon-reload` instead of editing this file.\n",
             plain(&nm.name)
         );
-        unit_section(&mut c, &format!("API Gateway {}", nm.name), s);
+        unit_section(&mut c, &format!("API Gateway {}", nm.name), s, false);
         c.push_str("\n[Service]\n");
         env(&mut c, "VDISTDIR", &dist);
         if let Some(p) = nm.management_port {
