@@ -3,6 +3,7 @@
 //! real result is known; unit properties are read with one GetAll per interface.
 
 use std::collections::HashMap;
+
 use zbus::blocking::Connection;
 use zbus::zvariant::{OwnedObjectPath, OwnedValue};
 
@@ -148,10 +149,28 @@ fn get<T: TryFrom<OwnedValue>>(map: &HashMap<String, OwnedValue>, key: &str) -> 
         .and_then(|v| T::try_from(v).ok())
 }
 
+/// The D-Bus object path systemd gives a unit: every byte other than an ASCII letter or digit
+/// (and a leading digit) becomes `_xx` (systemd's bus_label_escape).
+pub fn unit_object_path(unit: &str) -> String {
+    let mut path = String::from("/org/freedesktop/systemd1/unit/");
+    if unit.is_empty() {
+        path.push('_');
+    }
+    for (i, b) in unit.bytes().enumerate() {
+        if b.is_ascii_alphabetic() || (b.is_ascii_digit() && i > 0) {
+            path.push(b as char);
+        } else {
+            path.push_str(&format!("_{b:02x}"));
+        }
+    }
+    path
+}
+
 /// A connection to systemd's manager.
 pub struct Systemd {
     connection: Connection,
     manager: ManagerProxy<'static>,
+    subscribed: std::cell::Cell<bool>,
 }
 
 impl Systemd {
@@ -163,15 +182,15 @@ impl Systemd {
 
     /// Use an established bus connection (e.g. one tunnelled to another host).
     pub fn over(connection: Connection) -> Result<Self, SystemdError> {
-        let manager =
-            ManagerProxy::new(&connection).map_err(|e| SystemdError::NoBus(e.to_string()))?;
-        // systemd only sends JobRemoved to subscribed clients; once per connection.
-        manager
-            .subscribe()
-            .map_err(|e| call_error("subscribe to systemd's job signals", e))?;
+        // No property cache: it would fetch and watch every manager property up front.
+        let manager = ManagerProxy::builder(&connection)
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .map_err(|e| SystemdError::NoBus(e.to_string()))?;
         Ok(Systemd {
             connection,
             manager,
+            subscribed: std::cell::Cell::new(false),
         })
     }
 
@@ -179,6 +198,14 @@ impl Systemd {
     /// The JobRemoved stream is opened before the job is enqueued, so no result can be missed.
     pub fn run_job(&self, verb: Verb, unit: &str) -> Result<String, SystemdError> {
         let action = format!("{} {unit}", verb.word());
+        // systemd only sends JobRemoved to subscribed clients; once per connection, and only
+        // when jobs are run (a subscriber also gets every unit's change signals).
+        if !self.subscribed.get() {
+            self.manager
+                .subscribe()
+                .map_err(|e| call_error(&action, e))?;
+            self.subscribed.set(true);
+        }
         let mut removed = self
             .manager
             .receive_job_removed()
@@ -204,39 +231,32 @@ impl Systemd {
     /// The state of a unit (loading it if needed).
     pub fn status(&self, unit: &str) -> Result<UnitStatus, SystemdError> {
         let action = format!("status of {unit}");
-        let path = self
-            .manager
-            .load_unit(unit)
-            .map_err(|e| call_error(&action, e))?;
+        // One call per unit, like `systemctl show`: the object path follows from the name and
+        // systemd loads the unit on access; GetAll with an empty interface returns the
+        // properties of all its interfaces (Unit and Service) at once.
+        let path = zbus::zvariant::ObjectPath::try_from(unit_object_path(unit))
+            .map_err(|e| call_error(&action, e.into()))?;
         let props = zbus::blocking::fdo::PropertiesProxy::builder(&self.connection)
             .destination("org.freedesktop.systemd1")
             .and_then(|b| b.path(path))
+            .map(|b| b.cache_properties(zbus::proxy::CacheProperties::No))
             .and_then(|b| b.build())
             .map_err(|e| call_error(&action, e))?;
-        let all = |iface: &'static str| -> Result<HashMap<String, OwnedValue>, SystemdError> {
-            let name = zbus::names::InterfaceName::from_static_str_unchecked(iface);
-            props
-                .get_all(name)
-                .map_err(|e| call_error(&action, e.into()))
-        };
-        let u = all("org.freedesktop.systemd1.Unit")?;
-        let mut s = UnitStatus {
+        let all = props
+            .get_all(zbus::names::InterfaceName::from_static_str_unchecked(""))
+            .map_err(|e| call_error(&action, e.into()))?;
+        Ok(UnitStatus {
             unit: unit.to_string(),
-            load_state: get(&u, "LoadState").unwrap_or_default(),
-            active_state: get(&u, "ActiveState").unwrap_or_default(),
-            sub_state: get(&u, "SubState").unwrap_or_default(),
-            active_enter_timestamp: get(&u, "ActiveEnterTimestamp").unwrap_or_default(),
-            ..UnitStatus::default()
-        };
-        if unit.ends_with(".service") && s.load_state == "loaded" {
-            let svc = all("org.freedesktop.systemd1.Service")?;
-            s.main_pid = get(&svc, "MainPID").unwrap_or_default();
-            s.exec_main_status = get(&svc, "ExecMainStatus").unwrap_or_default();
-            s.status_text = get(&svc, "StatusText").unwrap_or_default();
-            s.n_restarts = get(&svc, "NRestarts").unwrap_or_default();
-            s.result = get(&svc, "Result").unwrap_or_default();
-        }
-        Ok(s)
+            load_state: get(&all, "LoadState").unwrap_or_default(),
+            active_state: get(&all, "ActiveState").unwrap_or_default(),
+            sub_state: get(&all, "SubState").unwrap_or_default(),
+            active_enter_timestamp: get(&all, "ActiveEnterTimestamp").unwrap_or_default(),
+            main_pid: get(&all, "MainPID").unwrap_or_default(),
+            exec_main_status: get(&all, "ExecMainStatus").unwrap_or_default(),
+            status_text: get(&all, "StatusText").unwrap_or_default(),
+            n_restarts: get(&all, "NRestarts").unwrap_or_default(),
+            result: get(&all, "Result").unwrap_or_default(),
+        })
     }
 
     /// Reload unit files (what `systemctl daemon-reload` does; reruns the generators).
@@ -263,5 +283,27 @@ impl Systemd {
                 .map_err(|e| call_error(&action, e))?;
         }
         self.manager.reload().map_err(|e| call_error(&action, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_paths_match_systemd() {
+        // As `busctl call ... GetUnit s dbus.service` answers.
+        assert_eq!(
+            unit_object_path("dbus.service"),
+            "/org/freedesktop/systemd1/unit/dbus_2eservice"
+        );
+        assert_eq!(
+            unit_object_path(r"gateway@group1-server1.service"),
+            "/org/freedesktop/systemd1/unit/gateway_40group1_2dserver1_2eservice"
+        );
+        assert_eq!(
+            unit_object_path("1x"),
+            "/org/freedesktop/systemd1/unit/_31x"
+        );
     }
 }

@@ -1,0 +1,91 @@
+//! Benchmark: `gatewayctl status --json` of 200 instances (D-Bus, one GetAll per interface)
+//! against a `systemctl show` loop over the same units, in the same container, same run.
+//! Target: gatewayctl in at most 1/5 of the loop's time.
+//!
+//! `cargo bench --bench status` (root and systemd-nspawn needed); `-- --quick` runs fewer rounds.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+mod fixtures;
+#[path = "../tests/system/harness.rs"]
+mod harness;
+
+use std::fs;
+
+const INSTANCES: usize = 200;
+
+/// Wall time of a shell snippet inside the container, in ms (timed inside, no nsenter cost).
+fn timed(c: &harness::Container, script: &str) -> f64 {
+    let out = c
+        .ok(&[
+            "sh",
+            "-c",
+            &format!("s=$(date +%s%N); {script}; e=$(date +%s%N); echo $((e - s))"),
+        ])
+        .expect("timed command");
+    out.trim().parse::<f64>().expect("nanoseconds") / 1e6
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    if let Some(why) = harness::missing_prerequisite() {
+        eprintln!("status benchmark needs a container: {why}");
+        std::process::exit(1);
+    }
+    let units: Vec<String> = (0..INSTANCES)
+        .map(|i| {
+            gateway_systemd::units::name::instance_unit(
+                &format!("group {}", i / 10),
+                &format!("server {i}"),
+            )
+            .expect("unit name")
+        })
+        .collect();
+    let c = harness::Container::boot(|root| {
+        common::install_package(root)?;
+        fixtures::write_fixture(root, INSTANCES);
+        fs::write(root.join("root/units.txt"), units.join("\n") + "\n").map_err(|e| e.to_string())
+    })
+    .unwrap_or_else(|e| {
+        eprintln!("booting the container failed: {e}");
+        std::process::exit(1);
+    });
+    let listed = c
+        .ok(&["gatewayctl", "status", "--json"])
+        .expect("gatewayctl status");
+    let n = serde_json::from_str::<serde_json::Value>(&listed)
+        .ok()
+        .and_then(|v| v.as_array().map(Vec::len))
+        .unwrap_or(0);
+    assert_eq!(
+        n, INSTANCES,
+        "gatewayctl status --json should list every instance"
+    );
+
+    let rounds = if quick { 2 } else { 5 };
+    let ours: Vec<f64> = (0..rounds)
+        .map(|_| timed(&c, "gatewayctl status --json > /dev/null"))
+        .collect();
+    let theirs: Vec<f64> = (0..rounds)
+        .map(|_| {
+            timed(
+                &c,
+                "while read -r u; do systemctl show \"$u\" > /dev/null; done < /root/units.txt",
+            )
+        })
+        .collect();
+    let (o, t) = (median(ours), median(theirs));
+    println!("status of {INSTANCES} instances, median of {rounds} rounds:");
+    println!("  gatewayctl status --json     {o:>8.1} ms");
+    println!("  systemctl show loop          {t:>8.1} ms");
+    println!(
+        "  ratio {:.3} (gatewayctl / loop; target <= 0.2: {})",
+        o / t,
+        if o / t <= 0.2 { "met" } else { "MISSED" }
+    );
+}
