@@ -1,4 +1,4 @@
-//! Benchmark: `gatewayctl status --json` of 200 instances (D-Bus, one GetAll per interface)
+//! Benchmark: `gatewayctl status --json` of 200 running instances (D-Bus, one GetAll per unit)
 //! against a `systemctl show` loop over the same units, in the same container, same run.
 //! Target: gatewayctl in at most 1/5 of the loop's time.
 //!
@@ -49,12 +49,23 @@ fn main() {
     let c = harness::Container::boot(|root| {
         common::install_package(root)?;
         fixtures::write_fixture(root, INSTANCES);
+        // Running instances, as on a production host: the demo gateway, no LB endpoint (the
+        // fixture gives every instance the same management port), no drain.
+        fs::create_dir_all(root.join("etc/gateway-systemd/gateway.toml.d")).map_err(|e| e.to_string())?;
+        fs::write(
+            root.join("etc/gateway-systemd/gateway.toml.d/90-bench.toml"),
+            "[defaults]\nstart_command = [\"/usr/libexec/gateway-systemd/gateway-demo\", \"--threads\", \"1\"]\n\
+             lb_health_listen = \"\"\ndrain_delay = 0\n",
+        )
+        .map_err(|e| e.to_string())?;
         fs::write(root.join("root/units.txt"), units.join("\n") + "\n").map_err(|e| e.to_string())
     })
     .unwrap_or_else(|e| {
         eprintln!("booting the container failed: {e}");
         std::process::exit(1);
     });
+    c.ok(&["systemctl", "start", "gateway.target"])
+        .expect("start all instances");
     let listed = c
         .ok(&["gatewayctl", "status", "--json"])
         .expect("gatewayctl status");
@@ -66,6 +77,8 @@ fn main() {
         n, INSTANCES,
         "gatewayctl status --json should list every instance"
     );
+    let running = listed.matches("\"active_state\":\"active\"").count();
+    println!("{running} of {INSTANCES} instances running");
 
     let rounds = if quick { 2 } else { 5 };
     let ours: Vec<f64> = (0..rounds)
