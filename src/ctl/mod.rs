@@ -240,9 +240,10 @@ fn print_list(inst: &Installation) {
 
 /// `status`: one GetAll per interface and unit; a table or JSON.
 fn status(systemd: &Systemd, chosen: &[&Instance], json: bool) -> i32 {
+    let units: Vec<String> = chosen.iter().map(|i| i.unit()).collect();
     let mut rows = Vec::new();
-    for i in chosen {
-        match systemd.status(&i.unit()) {
+    for (i, result) in chosen.iter().zip(systemd.status_many(&units)) {
+        match result {
             Ok(s) => rows.push((*i, s)),
             Err(e) => {
                 eprintln!("gatewayctl: {e}");

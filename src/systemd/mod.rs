@@ -166,6 +166,9 @@ pub fn unit_object_path(unit: &str) -> String {
     path
 }
 
+/// How many D-Bus calls [`Systemd::status_many`] keeps in flight.
+const MAX_PENDING_CALLS: usize = 64;
+
 /// A connection to systemd's manager.
 pub struct Systemd {
     connection: Connection,
@@ -230,33 +233,23 @@ impl Systemd {
 
     /// The state of a unit (loading it if needed).
     pub fn status(&self, unit: &str) -> Result<UnitStatus, SystemdError> {
-        let action = format!("status of {unit}");
-        // One call per unit, like `systemctl show`: the object path follows from the name and
-        // systemd loads the unit on access; GetAll with an empty interface returns the
-        // properties of all its interfaces (Unit and Service) at once.
-        let path = zbus::zvariant::ObjectPath::try_from(unit_object_path(unit))
-            .map_err(|e| call_error(&action, e.into()))?;
-        let props = zbus::blocking::fdo::PropertiesProxy::builder(&self.connection)
-            .destination("org.freedesktop.systemd1")
-            .and_then(|b| b.path(path))
-            .map(|b| b.cache_properties(zbus::proxy::CacheProperties::No))
-            .and_then(|b| b.build())
-            .map_err(|e| call_error(&action, e))?;
-        let all = props
-            .get_all(zbus::names::InterfaceName::from_static_str_unchecked(""))
-            .map_err(|e| call_error(&action, e.into()))?;
-        Ok(UnitStatus {
-            unit: unit.to_string(),
-            load_state: get(&all, "LoadState").unwrap_or_default(),
-            active_state: get(&all, "ActiveState").unwrap_or_default(),
-            sub_state: get(&all, "SubState").unwrap_or_default(),
-            active_enter_timestamp: get(&all, "ActiveEnterTimestamp").unwrap_or_default(),
-            main_pid: get(&all, "MainPID").unwrap_or_default(),
-            exec_main_status: get(&all, "ExecMainStatus").unwrap_or_default(),
-            status_text: get(&all, "StatusText").unwrap_or_default(),
-            n_restarts: get(&all, "NRestarts").unwrap_or_default(),
-            result: get(&all, "Result").unwrap_or_default(),
-        })
+        self.status_many(&[unit.to_string()])
+            .pop()
+            .unwrap_or_else(|| Err(SystemdError::NoBus("no answer".into())))
+    }
+
+    /// The states of many units at once. One GetAll per unit, like `systemctl show`: the
+    /// object path follows from the name (systemd loads the unit on access) and an empty
+    /// interface name returns the properties of all its interfaces. Up to 64 calls are in
+    /// flight at once, so their round trips overlap instead of adding up.
+    pub fn status_many(&self, units: &[String]) -> Vec<Result<UnitStatus, SystemdError>> {
+        let connection = self.connection.inner();
+        use futures_util::StreamExt;
+        // The bus daemon allows a connection a limited number of pending calls (128 on
+        // Debian's system bus); stay well below it.
+        let calls = futures_util::stream::iter(units.iter().map(|u| unit_status(connection, u)))
+            .buffered(MAX_PENDING_CALLS);
+        zbus::block_on(calls.collect())
     }
 
     /// Reload unit files (what `systemctl daemon-reload` does; reruns the generators).
@@ -284,6 +277,38 @@ impl Systemd {
         }
         self.manager.reload().map_err(|e| call_error(&action, e))
     }
+}
+
+/// One unit's state over an async connection (see [`Systemd::status_many`]).
+async fn unit_status(
+    connection: &zbus::Connection,
+    unit: &str,
+) -> Result<UnitStatus, SystemdError> {
+    let action = format!("status of {unit}");
+    let props = zbus::fdo::PropertiesProxy::builder(connection)
+        .destination("org.freedesktop.systemd1")
+        .and_then(|b| b.path(unit_object_path(unit)))
+        .map(|b| b.cache_properties(zbus::proxy::CacheProperties::No))
+        .map_err(|e| call_error(&action, e))?
+        .build()
+        .await
+        .map_err(|e| call_error(&action, e))?;
+    let all = props
+        .get_all(zbus::names::InterfaceName::from_static_str_unchecked(""))
+        .await
+        .map_err(|e| call_error(&action, e.into()))?;
+    Ok(UnitStatus {
+        unit: unit.to_string(),
+        load_state: get(&all, "LoadState").unwrap_or_default(),
+        active_state: get(&all, "ActiveState").unwrap_or_default(),
+        sub_state: get(&all, "SubState").unwrap_or_default(),
+        active_enter_timestamp: get(&all, "ActiveEnterTimestamp").unwrap_or_default(),
+        main_pid: get(&all, "MainPID").unwrap_or_default(),
+        exec_main_status: get(&all, "ExecMainStatus").unwrap_or_default(),
+        status_text: get(&all, "StatusText").unwrap_or_default(),
+        n_restarts: get(&all, "NRestarts").unwrap_or_default(),
+        result: get(&all, "Result").unwrap_or_default(),
+    })
 }
 
 #[cfg(test)]
