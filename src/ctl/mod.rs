@@ -104,6 +104,10 @@ pub enum Command {
         #[arg(value_parser = ["start", "stop", "status"])]
         action: String,
     },
+    /// Show how each /etc/init.d/vshell-* script maps to a unit, and what systemd does with
+    /// its legacy unit (masked by the generator, or left alone). Changes nothing.
+    #[command(name = "migrate-initd")]
+    MigrateInitd,
 }
 
 /// Exit statuses, as LSB init scripts use them.
@@ -173,6 +177,10 @@ pub fn main(cli: Cli) -> i32 {
         print_list(&inst);
         return exit::OK;
     }
+    if let Command::MigrateInitd = &cli.command {
+        print_migration_plan(&inst, &Root::new("/"));
+        return exit::OK;
+    }
     let systemd = match Systemd::system() {
         Ok(s) => s,
         Err(e) => {
@@ -209,7 +217,7 @@ pub fn main(cli: Cli) -> i32 {
         Command::Enable { instances } => resolve(instances).map(|c| enable(&systemd, &c, true)),
         Command::Disable { instances } => resolve(instances).map(|c| enable(&systemd, &c, false)),
         Command::Nodemanager { action } => Ok(nodemanager(&systemd, action)),
-        Command::List | Command::Logs { .. } | Command::Drain { .. } => {
+        Command::List | Command::Logs { .. } | Command::Drain { .. } | Command::MigrateInitd => {
             unreachable!("handled above")
         }
     };
@@ -236,6 +244,54 @@ fn print_list(inst: &Installation) {
             name::NODE_MANAGER_UNIT
         );
     }
+}
+
+/// `migrate-initd` (plan): every legacy script, what it starts, and its unit's fate, decided
+/// by the same mapping the generator uses.
+fn print_migration_plan(inst: &Installation, root: &Root) {
+    let (scripts, unreadable) = crate::initd::scan(root);
+    let lookup = crate::initd::Lookup::new(inst);
+    if scripts.is_empty() && unreadable.is_empty() {
+        println!(
+            "no {}/{}* scripts: nothing to migrate",
+            crate::initd::INIT_DIR,
+            crate::initd::SCRIPT_PREFIX
+        );
+        return;
+    }
+    for script in &scripts {
+        let legacy = script
+            .sysv_unit()
+            .unwrap_or_else(|| "(no unit name)".into());
+        match lookup.map(script) {
+            crate::initd::Mapping::Mapped { target, rule } => {
+                let (who, unit) = match target {
+                    crate::initd::Target::Instance(k) => {
+                        let i = &inst.instances[k];
+                        (format!("{}/{}", i.group.name, i.name), i.unit())
+                    }
+                    crate::initd::Target::NodeManager => (
+                        "the Node Manager".to_string(),
+                        name::NODE_MANAGER_UNIT.to_string(),
+                    ),
+                };
+                println!(
+                    "{}: {who} -> {unit} (by {rule}); {legacy} is masked",
+                    script.path.display()
+                );
+            }
+            crate::initd::Mapping::Unmapped { reason } => {
+                println!(
+                    "{}: left alone ({legacy} stays usable): {reason}",
+                    script.path.display()
+                );
+            }
+        }
+    }
+    for (path, why) in unreadable {
+        println!("{}: left alone: cannot read: {why}", path.display());
+    }
+    println!("\nThis is the plan only; nothing was changed.");
 }
 
 /// `status`: one GetAll per interface and unit; a table or JSON.

@@ -346,3 +346,18 @@ pub fn nodemanager_compatible(c: &Container) -> Result<(), Failed> {
     }
     Ok(())
 }
+
+/// `gatewayctl migrate-initd` shows the mapping the generator acts on.
+pub fn migrate_initd_plan(c: &Container) -> Result<(), Failed> {
+    let (code, out, err) = run(c, &["gatewayctl", "migrate-initd"]);
+    let want = [
+        "/etc/init.d/vshell-group1-server1: group1/server1 -> gateway@group1-server1.service (by its VINSTDIR); vshell-group1-server1.service is masked",
+        r"/etc/init.d/vshell-payments-eu-edge-node-1: payments-eu/edge node 1 -> gateway@payments\x2deu-edge\x20node\x201.service (by its startinstance arguments)",
+        "/etc/init.d/vshell-Node-Manager-on-gw1: the Node Manager -> gateway-nodemanager.service (by its nodemanager call)",
+        "/etc/init.d/vshell-unrelated: left alone (vshell-unrelated.service stays usable)",
+    ];
+    if code != 0 || want.iter().any(|w| !out.contains(w)) {
+        return Err(fail(format!("migrate-initd: exit {code}\n{out}{err}")));
+    }
+    Ok(())
+}

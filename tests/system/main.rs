@@ -357,6 +357,7 @@ fn main() {
         ),
         ("compat::startinstance", ctl::startinstance_compatible),
         ("compat::nodemanager", ctl::nodemanager_compatible),
+        ("gatewayctl::migrate_initd_plan", ctl::migrate_initd_plan),
     ];
     let mut trials: Vec<Trial> = shared_tests
         .into_iter()
