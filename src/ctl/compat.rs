@@ -211,10 +211,10 @@ fn list(inst: &Installation) {
     }
 }
 
-/// Run a job on a unit with messages in the vendor's spirit; returns the exit status.
+/// Run a job on a unit, saying what happened in the vendor's spirit; returns the exit status.
 fn job(systemd: &Systemd, verb: Verb, unit: &str, shown: &str, quiet: bool) -> i32 {
-    match systemd.run_job(verb, unit) {
-        Ok(r) if r == "done" => {
+    match super::run_job_reported(systemd, verb, unit) {
+        Ok(()) => {
             if !quiet {
                 match verb {
                     Verb::Start => println!("{shown} is running (ready); `gatewayctl logs -f {shown}` follows its output"),
@@ -223,26 +223,7 @@ fn job(systemd: &Systemd, verb: Verb, unit: &str, shown: &str, quiet: bool) -> i
             }
             0
         }
-        Ok(r) => {
-            let s = systemd.status(unit).unwrap_or_default();
-            eprintln!(
-                "{shown}: {} {r}: {} ({}), {}",
-                verb.word(),
-                s.active_state,
-                s.result,
-                s.status_text
-            );
-            eprintln!("see `gatewayctl logs {shown}`");
-            1
-        }
-        Err(e) => {
-            eprintln!("{shown}: {e}");
-            if matches!(e, crate::systemd::SystemdError::Denied { .. }) {
-                4
-            } else {
-                1
-            }
-        }
+        Err(code) => code,
     }
 }
 

@@ -360,30 +360,39 @@ fn explain_failure(systemd: &Systemd, unit: &str, result: &str) {
     }
 }
 
+/// Run a job and wait for its result: Ok when done; otherwise the failure is explained (the
+/// launcher's STATUS= and the journal) and the exit status returned.
+pub(crate) fn run_job_reported(systemd: &Systemd, verb: Verb, unit: &str) -> Result<(), i32> {
+    match systemd.run_job(verb, unit) {
+        Ok(result) if result == "done" => Ok(()),
+        Ok(result) => {
+            explain_failure(systemd, unit, &result);
+            Err(exit::FAILED)
+        }
+        Err(e) => {
+            eprintln!("gatewayctl: {e}");
+            Err(denied_or_failed(&e))
+        }
+    }
+}
+
 /// start/stop/restart: one job per instance, each waited for.
 fn jobs(systemd: &Systemd, verb: Verb, chosen: &[&Instance]) -> i32 {
     let mut code = exit::OK;
     for i in chosen {
         let unit = i.unit();
         let started = Instant::now();
-        match systemd.run_job(verb, &unit) {
-            Ok(result) if result == "done" => {
-                println!(
-                    "{} {}/{}: done in {:.1}s",
-                    verb.word(),
-                    i.group.name,
-                    i.name,
-                    started.elapsed().as_secs_f64()
-                )
-            }
-            Ok(result) => {
-                explain_failure(systemd, &unit, &result);
-                code = exit::FAILED;
-            }
-            Err(e) => {
-                eprintln!("gatewayctl: {e}");
-                return denied_or_failed(&e);
-            }
+        match run_job_reported(systemd, verb, &unit) {
+            Ok(()) => println!(
+                "{} {}/{}: done in {:.1}s",
+                verb.word(),
+                i.group.name,
+                i.name,
+                started.elapsed().as_secs_f64()
+            ),
+            // Without permission the next instance fails the same way.
+            Err(exit::DENIED) => return exit::DENIED,
+            Err(c) => code = c,
         }
     }
     code
@@ -478,20 +487,12 @@ fn rolling_restart(systemd: &Systemd, chosen: &[&Instance]) -> i32 {
         let who = format!("[{}/{n}] {}/{}", k + 1, i.group.name, i.name);
         println!("{who}: draining and restarting");
         let started = Instant::now();
-        match systemd.run_job(Verb::Restart, &unit) {
-            Ok(result) if result == "done" => {}
-            Ok(result) => {
-                explain_failure(systemd, &unit, &result);
-                eprintln!(
-                    "rolling restart stopped at {who}; {} instance(s) not restarted",
-                    n - k - 1
-                );
-                return exit::FAILED;
-            }
-            Err(e) => {
-                eprintln!("gatewayctl: {e}");
-                return denied_or_failed(&e);
-            }
+        if let Err(code) = run_job_reported(systemd, Verb::Restart, &unit) {
+            eprintln!(
+                "rolling restart stopped at {who}; {} instance(s) not restarted",
+                n - k - 1
+            );
+            return code;
         }
         let socket = drain::control_socket(&i.instance_string);
         let serving = loop {
@@ -539,17 +540,9 @@ fn nodemanager(systemd: &Systemd, action: &str) -> i32 {
             };
         }
     };
-    match systemd.run_job(verb, unit) {
-        Ok(r) if r == "done" => exit::OK,
-        Ok(r) => {
-            explain_failure(systemd, unit, &r);
-            exit::FAILED
-        }
-        Err(e) => {
-            eprintln!("gatewayctl: {e}");
-            denied_or_failed(&e)
-        }
-    }
+    run_job_reported(systemd, verb, unit)
+        .err()
+        .unwrap_or(exit::OK)
 }
 
 fn drain_command(arg: &str, wait: bool) -> i32 {

@@ -18,12 +18,7 @@ fn fail(msg: String) -> Failed {
 fn ctl(c: &Container, args: &[&str]) -> (i32, String, String) {
     let mut full = vec!["gatewayctl"];
     full.extend_from_slice(args);
-    let out = c.exec(&full);
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
+    run(c, &full)
 }
 
 fn status_json(c: &Container, instance: &str) -> Result<serde_json::Value, Failed> {
