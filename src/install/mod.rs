@@ -355,16 +355,15 @@ impl Instance {
     pub fn unit(&self) -> String {
         format!("gateway@{}.service", self.instance_string)
     }
+}
 
-    /// The ports of the instance's `conf/envSettings.props`, read now: the vendor's tools
-    /// change that file on deployments, so it is read when needed (at each start), not once
-    /// at boot.
-    pub fn read_ports(&self, root: &Root) -> Result<Ports, InstallError> {
-        Ok(root
-            .read(&self.dir.join(ENV_SETTINGS))?
-            .map(|t| props::parse_ports(&t))
-            .unwrap_or_default())
-    }
+/// The ports of an instance directory's `conf/envSettings.props` (None when it has none),
+/// read when needed: the vendor's tools rewrite that file on deployments, so the launcher
+/// reads it at each start rather than the generator once at boot.
+pub fn read_ports(root: &Root, instance_dir: &Path) -> Result<Option<Ports>, InstallError> {
+    Ok(root
+        .read(&instance_dir.join(ENV_SETTINGS))?
+        .map(|t| props::parse_ports(&t)))
 }
 
 /// The per-instance properties file of the vendor, relative to the instance directory.

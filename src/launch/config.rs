@@ -143,11 +143,21 @@ impl LaunchConfig {
         let template = need("GATEWAY_HEALTH_URL")?;
         // The vendor's tools rewrite envSettings.props on deployments: read it at each start.
         let ports = if template.contains(install::TRAFFIC_PORT_VAR) {
-            read_ports(&work_dir).map_err(|why| ConfigError::Bad {
-                var: "VINSTDIR",
-                value: work_dir.display().to_string(),
-                why,
-            })?
+            install::read_ports(&Root::new("/"), &work_dir)
+                .map_err(|e| e.to_string())
+                .and_then(|p| {
+                    p.ok_or_else(|| {
+                        format!(
+                            "{} does not exist",
+                            work_dir.join(install::ENV_SETTINGS).display()
+                        )
+                    })
+                })
+                .map_err(|why| ConfigError::Bad {
+                    var: "VINSTDIR",
+                    value: work_dir.display().to_string(),
+                    why,
+                })?
         } else {
             Ports::default()
         };
@@ -227,15 +237,6 @@ impl LaunchConfig {
             Role::Instance { group, instance } => format!("{group}/{instance}"),
             Role::NodeManager => "Node Manager".to_string(),
         }
-    }
-}
-
-fn read_ports(dir: &std::path::Path) -> Result<Ports, String> {
-    let path = dir.join(install::ENV_SETTINGS);
-    match Root::new("/").read(&path) {
-        Ok(Some(text)) => Ok(install::props::parse_ports(&text)),
-        Ok(None) => Err(format!("{} does not exist", path.display())),
-        Err(e) => Err(e.to_string()),
     }
 }
 
