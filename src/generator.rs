@@ -5,7 +5,7 @@
 //! It must never fail boot: whatever cannot be read is logged (to /dev/kmsg, or stderr in tests)
 //! and skipped, and it exits 0. No network, no D-Bus, no subprocesses.
 
-use crate::initd::{self, Mapping, Target};
+use crate::initd::{self, Mapping};
 use crate::install::{self, Installation, Problem, Root, Severity};
 use crate::units::{self, Entry, Mask};
 use std::collections::HashSet;
@@ -104,13 +104,7 @@ pub fn plan(root: &Root) -> Plan {
     for script in &scripts {
         match lookup.map(script) {
             Mapping::Mapped { target, rule } => {
-                let what = match target {
-                    Target::Instance(i) => {
-                        let x = &installation.instances[i];
-                        format!("{}/{}", x.group.name, x.name)
-                    }
-                    Target::NodeManager => "the Node Manager".to_string(),
-                };
+                let (what, _) = target.describe(&installation);
                 match script.sysv_unit() {
                     Some(unit) => {
                         masked_summary.push(format!("{unit} ({what}, by {rule})"));

@@ -73,6 +73,23 @@ pub enum Target {
     NodeManager,
 }
 
+impl Target {
+    /// The operator's name of what the script starts (`group1/server1`, `the Node Manager`)
+    /// and the unit that replaces it.
+    pub fn describe(self, inst: &Installation) -> (String, String) {
+        match self {
+            Target::Instance(k) => {
+                let i = &inst.instances[k];
+                (format!("{}/{}", i.group.name, i.name), i.unit())
+            }
+            Target::NodeManager => (
+                "the Node Manager".to_string(),
+                crate::units::name::NODE_MANAGER_UNIT.to_string(),
+            ),
+        }
+    }
+}
+
 /// Which part of the script decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rule {

@@ -265,16 +265,7 @@ fn print_migration_plan(inst: &Installation, root: &Root) {
             .unwrap_or_else(|| "(no unit name)".into());
         match lookup.map(script) {
             crate::initd::Mapping::Mapped { target, rule } => {
-                let (who, unit) = match target {
-                    crate::initd::Target::Instance(k) => {
-                        let i = &inst.instances[k];
-                        (format!("{}/{}", i.group.name, i.name), i.unit())
-                    }
-                    crate::initd::Target::NodeManager => (
-                        "the Node Manager".to_string(),
-                        name::NODE_MANAGER_UNIT.to_string(),
-                    ),
-                };
+                let (who, unit) = target.describe(inst);
                 println!(
                     "{}: {who} -> {unit} (by {rule}); {legacy} is masked",
                     script.path.display()
