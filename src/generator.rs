@@ -7,7 +7,7 @@
 
 use crate::initd::{self, Mapping};
 use crate::install::{self, Installation, Problem, Root, Severity};
-use crate::units::{self, Entry, Mask};
+use crate::units::{self, Entry, LegacyUnit};
 use std::collections::HashSet;
 use std::ffi::OsString;
 use std::fmt::Write as _;
@@ -99,7 +99,7 @@ pub fn plan(root: &Root) -> Plan {
         ));
     }
     let lookup = initd::Lookup::new(&installation);
-    let mut masks = Vec::new();
+    let mut legacy = Vec::new();
     let mut masked_summary = Vec::new();
     for script in &scripts {
         match lookup.map(script) {
@@ -107,8 +107,26 @@ pub fn plan(root: &Root) -> Plan {
                 let (what, _) = target.describe(&installation);
                 match script.sysv_unit() {
                     Some(unit) => {
-                        masked_summary.push(format!("{unit} ({what}, by {rule})"));
-                        masks.push(Mask { unit });
+                        let settings = match target {
+                            initd::Target::Instance(k) => &installation.instances[k].settings,
+                            initd::Target::NodeManager => match &installation.node_manager {
+                                Some(nm) => &nm.settings,
+                                None => continue,
+                            },
+                        };
+                        let mask = !settings.legacy_initd;
+                        if mask {
+                            masked_summary.push(format!("{unit} ({what}, by {rule})"));
+                        } else {
+                            messages.push((
+                                Severity::Notice,
+                                format!(
+                                    "{}: {what} is left to this script (legacy_initd = true); {unit} is not masked",
+                                    script.path.display()
+                                ),
+                            ));
+                        }
+                        legacy.push(LegacyUnit { unit, target, mask });
                     }
                     None => messages.push((
                         Severity::Warning,
@@ -127,7 +145,7 @@ pub fn plan(root: &Root) -> Plan {
             }
         }
     }
-    let entries = units::render(&installation, &masks);
+    let entries = units::render(&installation, &legacy);
 
     let autostart = installation
         .instances

@@ -42,6 +42,9 @@ pub struct SettingsPatch {
     pub ask_passphrase: Option<bool>,
     /// Start only after the Node Manager (Wants= and After= gateway-nodemanager.service).
     pub after_nodemanager: Option<bool>,
+    /// Leave the instance to its `/etc/init.d/vshell-*` script: its legacy unit is not masked
+    /// and gateway.target does not start it (`gatewayctl migrate-initd --rollback` sets this).
+    pub legacy_initd: Option<bool>,
 }
 
 impl SettingsPatch {
@@ -64,7 +67,8 @@ impl SettingsPatch {
             lb_health_listen,
             lb_health_path,
             ask_passphrase,
-            after_nodemanager
+            after_nodemanager,
+            legacy_initd
         );
     }
 }

@@ -311,6 +311,8 @@ pub struct InstanceSettings {
     pub ask_passphrase: bool,
     /// Order after (and want) the Node Manager.
     pub after_nodemanager: bool,
+    /// Still started by its legacy init script (never by gateway.target; not masked).
+    pub legacy_initd: bool,
 }
 
 /// The longest a start may go without progress: systemd's `TimeoutStartSec=`, which the
@@ -828,6 +830,7 @@ pub fn builtin_defaults() -> SettingsPatch {
         lb_health_path: Some(DEFAULT_LB_HEALTH_PATH.to_string()),
         ask_passphrase: Some(false),
         after_nodemanager: Some(false),
+        legacy_initd: Some(false),
     }
 }
 
@@ -923,12 +926,15 @@ fn settle(
             "{key}: lb_health_path {lb_health_path:?} must be a URL path like \"/healthchecklb\""
         )));
     }
+    let legacy_initd = patch.legacy_initd.unwrap_or(false);
     Ok(InstanceSettings {
         lb_health_listen,
         lb_health_path,
         ask_passphrase: patch.ask_passphrase.unwrap_or(false),
         after_nodemanager: patch.after_nodemanager.unwrap_or(false),
-        autostart: patch.autostart.unwrap_or(true),
+        // An instance its init script still starts must not be started by gateway.target too.
+        autostart: patch.autostart.unwrap_or(true) && !legacy_initd,
+        legacy_initd,
         health_url,
         drain_delay,
         stop_grace,

@@ -3,6 +3,7 @@
 
 pub mod name;
 
+use crate::initd::Target;
 use crate::install::{Credential, Installation, InstanceSettings, DEFAULT_USER};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -31,11 +32,15 @@ pub enum Entry {
     },
 }
 
-/// A legacy init script's unit to mask, and what it was found to start.
+/// A legacy init script's unit and what it starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mask {
+pub struct LegacyUnit {
     /// The unit systemd-sysv-generator makes, e.g. `vshell-group1-server1.service`.
     pub unit: String,
+    /// What the script starts.
+    pub target: Target,
+    /// Mask it; false when the target is still left to its script (`legacy_initd`).
+    pub mask: bool,
 }
 
 /// Quote a value for a unit file setting that unquotes and C-unescapes (`Environment=`,
@@ -149,8 +154,17 @@ fn unit_section(
     description: &str,
     s: &InstanceSettings,
     after_nodemanager: bool,
+    legacy: &[&str],
 ) {
     let _ = writeln!(out, "[Unit]\nDescription={}", plain(description));
+    if !legacy.is_empty() {
+        // Never beside the legacy script's service: starting either stops the other first
+        // (systemd orders stop jobs before start jobs of units ordered either way).
+        out.push_str("# The legacy init script of the same instance.\n");
+        for unit in legacy {
+            let _ = writeln!(out, "Conflicts={unit}\nAfter={unit}");
+        }
+    }
     if let Some(c) = &s.cassandra {
         let _ = writeln!(out, "Wants={c}\nAfter={c}");
     }
@@ -160,11 +174,18 @@ fn unit_section(
 }
 
 /// Everything the generator writes for an installation: drop-ins, autostart links, masks.
-pub fn render(inst: &Installation, masks: &[Mask]) -> Vec<Entry> {
+pub fn render(inst: &Installation, legacy: &[LegacyUnit]) -> Vec<Entry> {
     let mut entries = Vec::new();
+    let legacy_of = |target: Target| -> Vec<&str> {
+        legacy
+            .iter()
+            .filter(|l| l.target == target)
+            .map(|l| l.unit.as_str())
+            .collect()
+    };
     let dist = inst.install_dir.to_string_lossy();
     let wants = Path::new("gateway.target.wants");
-    for i in &inst.instances {
+    for (k, i) in inst.instances.iter().enumerate() {
         let unit = i.unit();
         let s = &i.settings;
         let mut c = String::with_capacity(1536);
@@ -184,6 +205,7 @@ pub fn render(inst: &Installation, masks: &[Mask]) -> Vec<Entry> {
             &format!("API Gateway instance {} in group {}", i.name, i.group.name),
             s,
             after_nm,
+            &legacy_of(Target::Instance(k)),
         );
         c.push_str("\n[Service]\n");
         env(&mut c, "VDISTDIR", &dist);
@@ -217,7 +239,13 @@ pub fn render(inst: &Installation, masks: &[Mask]) -> Vec<Entry> {
              # Change /etc/gateway-systemd/gateway.toml and run `systemctl daemon-reload` instead of editing this file.\n",
             plain(&nm.name)
         );
-        unit_section(&mut c, &format!("API Gateway {}", nm.name), s, false);
+        unit_section(
+            &mut c,
+            &format!("API Gateway {}", nm.name),
+            s,
+            false,
+            &legacy_of(Target::NodeManager),
+        );
         c.push_str("\n[Service]\n");
         env(&mut c, "VDISTDIR", &dist);
         if let Some(p) = nm.management_port {
@@ -242,7 +270,7 @@ pub fn render(inst: &Installation, masks: &[Mask]) -> Vec<Entry> {
             });
         }
     }
-    for m in masks {
+    for m in legacy.iter().filter(|l| l.mask) {
         entries.push(Entry::Symlink {
             path: PathBuf::from(&m.unit),
             target: PathBuf::from("/dev/null"),
