@@ -16,6 +16,8 @@ pub const MSG_DRAIN_BEGIN: &str = "5f0c6a1e2b7d4c0f9a8e3d2c1b0a9f04";
 pub const MSG_DRAIN_END: &str = "5f0c6a1e2b7d4c0f9a8e3d2c1b0a9f05";
 /// The gateway process exited.
 pub const MSG_STOPPED: &str = "5f0c6a1e2b7d4c0f9a8e3d2c1b0a9f06";
+/// Not started: another copy of the instance already holds its health check address.
+pub const MSG_ALREADY_RUNNING: &str = "5f0c6a1e2b7d4c0f9a8e3d2c1b0a9f07";
 
 /// Install the global subscriber: journald with `fields` on every entry (names as journald
 /// wants them, e.g. `GATEWAY_INSTANCE`), or plain stderr lines when there is no journal.

@@ -2,6 +2,7 @@
 //! [`crate::systemd`]) and names instances the way operators do: `group/instance`.
 
 pub mod compat;
+pub mod migrate;
 
 use crate::drain::{self, DrainError, DrainOutcome};
 use crate::install::{self, Installation, Instance, Root};
@@ -104,10 +105,38 @@ pub enum Command {
         #[arg(value_parser = ["start", "stop", "status"])]
         action: String,
     },
-    /// Show how each /etc/init.d/vshell-* script maps to a unit, and what systemd does with
-    /// its legacy unit (masked by the generator, or left alone). Changes nothing.
-    #[command(name = "migrate-initd")]
-    MigrateInitd,
+    /// Move from the legacy /etc/init.d/vshell-* scripts to units. Without options: show how
+    /// each script maps to a unit (changes nothing).
+    #[command(
+        name = "migrate-initd",
+        long_about = "Move from the legacy /etc/init.d/vshell-* scripts to units.\n\n\
+Without options, print the plan: how each script maps to an instance or the Node Manager, and\n\
+what happens to its legacy unit. Nothing is changed.\n\n\
+--apply, per mapped script: copy it exactly (content, mode, owner, times) with its rc links into\n\
+/var/lib/gateway-systemd/initd-backup/<UTC time>/ (manifest.json says what was done), stop its\n\
+running legacy service and check that nothing answers on the instance's health address any\n\
+more, remove it and its rc links from /etc, mask its legacy unit, enable the new unit when the\n\
+script ran at boot, reload, then start the new unit where the legacy service was running and\n\
+check that it serves. Stops at the first failure and says where.\n\n\
+--rollback undoes the newest apply (or the one in --from DIR): stops the new units, disables\n\
+what apply enabled, unmasks the legacy units, restores the scripts and rc links exactly, writes\n\
+/etc/gateway-systemd/gateway.toml.d/90-migrate-initd.toml (legacy_initd = true, so the generator\n\
+leaves them to their scripts), reloads, and starts the legacy services that were running.\n\n\
+Never two copies of one instance: the old service is stopped before the new one starts, every\n\
+generated unit conflicts with its legacy unit, and the launcher refuses to start while another\n\
+process holds the instance's health address."
+    )]
+    MigrateInitd {
+        /// Do the migration (default: print the plan only).
+        #[arg(long, conflicts_with = "rollback")]
+        apply: bool,
+        /// Undo the newest --apply.
+        #[arg(long)]
+        rollback: bool,
+        /// With --rollback: the backup directory to restore from.
+        #[arg(long, value_name = "DIR", requires = "rollback")]
+        from: Option<std::path::PathBuf>,
+    },
 }
 
 /// Exit statuses, as LSB init scripts use them.
@@ -177,7 +206,12 @@ pub fn main(cli: Cli) -> i32 {
         print_list(&inst);
         return exit::OK;
     }
-    if let Command::MigrateInitd = &cli.command {
+    if let Command::MigrateInitd {
+        apply: false,
+        rollback: false,
+        ..
+    } = &cli.command
+    {
         print_migration_plan(&inst, &Root::new("/"));
         return exit::OK;
     }
@@ -217,7 +251,17 @@ pub fn main(cli: Cli) -> i32 {
         Command::Enable { instances } => resolve(instances).map(|c| enable(&systemd, &c, true)),
         Command::Disable { instances } => resolve(instances).map(|c| enable(&systemd, &c, false)),
         Command::Nodemanager { action } => Ok(nodemanager(&systemd, action)),
-        Command::List | Command::Logs { .. } | Command::Drain { .. } | Command::MigrateInitd => {
+        Command::MigrateInitd {
+            rollback: true,
+            from,
+            ..
+        } => Ok(migrate::rollback(
+            &systemd,
+            &Root::new("/"),
+            from.as_deref(),
+        )),
+        Command::MigrateInitd { .. } => Ok(migrate::apply(&systemd, &inst, &Root::new("/"))),
+        Command::List | Command::Logs { .. } | Command::Drain { .. } => {
             unreachable!("handled above")
         }
     };

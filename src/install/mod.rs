@@ -246,6 +246,32 @@ impl Root {
     }
 }
 
+/// Write a file atomically: a temporary file beside it, fsync, rename, fsync of the
+/// directory; a crash leaves the old content or the new one, never a mix.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let result = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
 /// Read a whole regular file with as few system calls as possible: no fstat for a size hint
 /// (unlike `fs::read`), and a read that returns less than it was asked for ends the file, which
 /// holds for regular files on Linux. The generator reads thousands of small files at boot.

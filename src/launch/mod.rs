@@ -29,6 +29,9 @@ pub const START_POLL: Duration = Duration::from_millis(20);
 pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Exit status for an unusable configuration (sysexits EX_CONFIG).
 pub const EXIT_CONFIG: i32 = 78;
+/// Exit status when another copy of the instance already holds its health check address
+/// (`RestartPreventExitStatus=` in the unit: retrying cannot help until that copy stops).
+pub const EXIT_ALREADY_RUNNING: i32 = 250;
 
 enum Event {
     Exited(WaitStatus),
@@ -62,23 +65,45 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
         .sum()
 }
 
+/// The host and port of an http(s) URL (the scheme's port when none is written).
+fn host_port(url: &str) -> (&str, u16) {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", ""));
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => {
+            let (host, after) = v6.split_once(']').unwrap_or((v6, ""));
+            (host, after.strip_prefix(':'))
+        }
+        None => match authority.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        },
+    };
+    let default = if scheme == "https" { 443 } else { 80 };
+    (host, port.and_then(|p| p.parse().ok()).unwrap_or(default))
+}
+
 /// Whether a health URL points at this host (the Node Manager's and gateways' own ports).
 fn is_loopback(url: &str) -> bool {
-    let authority = url
-        .split("://")
-        .nth(1)
-        .unwrap_or("")
-        .split(['/', '?'])
-        .next()
-        .unwrap_or("");
-    let host = match authority.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(""),
-        None => authority.split(':').next().unwrap_or(""),
-    };
+    let host = host_port(url).0;
     host == "localhost"
         || host
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Another copy of this instance, found before ours is started: something already accepts
+/// connections at the health check's address (a legacy init script's copy, or one started by
+/// hand). Only this host's own (loopback) addresses are probed.
+pub fn already_running(url: &str) -> Option<std::net::SocketAddr> {
+    use std::net::ToSocketAddrs;
+    if !is_loopback(url) {
+        return None;
+    }
+    host_port(url)
+        .to_socket_addrs()
+        .ok()?
+        .find(|a| std::net::TcpStream::connect_timeout(a, Duration::from_millis(500)).is_ok())
 }
 
 fn health_agent(timeout: Duration, url: &str) -> ureq::Agent {
@@ -276,6 +301,19 @@ fn run(config: LaunchConfig, handled: SigSet) -> i32 {
             ))]);
             return 1;
         }
+    }
+    if let Some(addr) = already_running(&config.health_url) {
+        tracing::error!(
+            message_id = journal::MSG_ALREADY_RUNNING,
+            "{name} is already running outside this unit: {addr}, its health check address, \
+             accepts connections. Stop that copy first (its /etc/init.d/vshell-* script or the \
+             vendor's startinstance -k), or let `gatewayctl migrate-initd --apply` do it; two \
+             copies would fight over the instance's ports and files"
+        );
+        notify(&[NotifyState::Status(&format!(
+            "not started: another copy of {name} already listens on {addr}"
+        ))]);
+        return EXIT_ALREADY_RUNNING;
     }
     let passphrase = match read_passphrase(&config.passphrase, config.runtime_dir.as_deref()) {
         Ok(p) => p,
@@ -532,6 +570,12 @@ mod tests {
         assert!(is_loopback("https://[::1]:8090/"));
         assert!(!is_loopback("https://gw1.example.com:8090/healthcheck"));
         assert!(!is_loopback("https://127.example.com/"));
+        assert_eq!(host_port("https://[::1]/x"), ("::1", 443));
+        assert_eq!(
+            host_port("http://127.0.0.1:8080/h?x=1"),
+            ("127.0.0.1", 8080)
+        );
+        assert_eq!(host_port("http://localhost"), ("localhost", 80));
     }
 
     #[test]

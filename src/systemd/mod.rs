@@ -42,6 +42,17 @@ pub trait Manager {
         files: &[&str],
         runtime: bool,
     ) -> zbus::Result<Vec<(String, String, String)>>;
+    /// Mask unit files (`systemctl mask`).
+    fn mask_unit_files(
+        &self,
+        files: &[&str],
+        runtime: bool,
+        force: bool,
+    ) -> zbus::Result<UnitFileChanges>;
+    /// Unmask unit files (`systemctl unmask`).
+    fn unmask_unit_files(&self, files: &[&str], runtime: bool) -> zbus::Result<UnitFileChanges>;
+    /// enabled, disabled, masked, static, generated, ... (`systemctl is-enabled`).
+    fn get_unit_file_state(&self, file: &str) -> zbus::Result<String>;
     /// Reload unit files (`systemctl daemon-reload`).
     fn reload(&self) -> zbus::Result<()>;
     /// A job finished: id, job path, unit, result (done, failed, timeout, canceled, dependency, skipped).
@@ -261,6 +272,12 @@ impl Systemd {
 
     /// Enable or disable unit files, then reload.
     pub fn set_enabled(&self, units: &[&str], enable: bool) -> Result<(), SystemdError> {
+        self.enable_files(units, enable)?;
+        self.reload()
+    }
+
+    /// Enable or disable unit files (in /etc; no reload).
+    pub fn enable_files(&self, units: &[&str], enable: bool) -> Result<(), SystemdError> {
         let action = format!(
             "{} {}",
             if enable { "enable" } else { "disable" },
@@ -269,13 +286,35 @@ impl Systemd {
         if enable {
             self.manager
                 .enable_unit_files(units, false, false)
-                .map_err(|e| call_error(&action, e))?;
+                .map(|_| ())
         } else {
-            self.manager
-                .disable_unit_files(units, false)
-                .map_err(|e| call_error(&action, e))?;
+            self.manager.disable_unit_files(units, false).map(|_| ())
         }
-        self.manager.reload().map_err(|e| call_error(&action, e))
+        .map_err(|e| call_error(&action, e))
+    }
+
+    /// Mask or unmask unit files persistently (links to /dev/null in /etc; no reload).
+    pub fn mask_files(&self, units: &[&str], mask: bool) -> Result<(), SystemdError> {
+        let action = format!(
+            "{} {}",
+            if mask { "mask" } else { "unmask" },
+            units.join(" ")
+        );
+        if mask {
+            // force: replace a link an earlier tool left there.
+            self.manager.mask_unit_files(units, false, true)
+        } else {
+            self.manager.unmask_unit_files(units, false)
+        }
+        .map(|_| ())
+        .map_err(|e| call_error(&action, e))
+    }
+
+    /// A unit file's enablement state (enabled, disabled, static, generated, masked, ...).
+    pub fn unit_file_state(&self, unit: &str) -> Result<String, SystemdError> {
+        self.manager
+            .get_unit_file_state(unit)
+            .map_err(|e| call_error(&format!("is-enabled {unit}"), e))
     }
 }
 

@@ -1,0 +1,999 @@
+//! `gatewayctl migrate-initd --apply | --rollback`: hand each instance (and the Node Manager)
+//! from its legacy `/etc/init.d/vshell-*` script to its unit, and back, never running two
+//! copies of one instance. Apply keeps an exact copy of every script (content, mode, owner,
+//! times) and its rc links in a backup directory with a manifest; rollback restores from it.
+//!
+//! Two copies are prevented three ways: each step stops the old service (and checks that its
+//! health address is free) before starting the new one; every generated unit has `Conflicts=`
+//! with its legacy unit, so systemd itself never runs both; and the launcher refuses to start
+//! while another process holds the instance's health address.
+
+use crate::initd::{self, Lookup, Mapping, Target};
+use crate::install::{self, Installation, Root};
+use crate::systemd::{Systemd, SystemdError, Verb};
+use serde::{Deserialize, Serialize};
+use std::fs;
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::exit;
+
+/// Where apply keeps the scripts it moves, one timestamped directory per run.
+pub const BACKUP_ROOT: &str = "/var/lib/gateway-systemd/initd-backup";
+/// The config drop-in rollback writes: `legacy_initd = true` for what it gave back.
+pub const ROLLBACK_CONFIG: &str = "/etc/gateway-systemd/gateway.toml.d/90-migrate-initd.toml";
+/// The manifest in each backup directory.
+pub const MANIFEST: &str = "manifest.json";
+
+/// The runlevel directories whose links start and stop init scripts (Debian, Red Hat).
+const RC_DIRS: [&str; 15] = [
+    "/etc/rc0.d",
+    "/etc/rc1.d",
+    "/etc/rc2.d",
+    "/etc/rc3.d",
+    "/etc/rc4.d",
+    "/etc/rc5.d",
+    "/etc/rc6.d",
+    "/etc/rcS.d",
+    "/etc/rc.d/rc0.d",
+    "/etc/rc.d/rc1.d",
+    "/etc/rc.d/rc2.d",
+    "/etc/rc.d/rc3.d",
+    "/etc/rc.d/rc4.d",
+    "/etc/rc.d/rc5.d",
+    "/etc/rc.d/rc6.d",
+];
+
+/// What can go wrong moving scripts.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    /// A file operation failed.
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        /// What was attempted.
+        what: &'static str,
+        /// On which file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The manifest cannot be used.
+    #[error("{}: {detail}", path.display())]
+    Manifest {
+        /// The manifest.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A copy differs from what it was copied from.
+    #[error("{}: {detail}; nothing was removed", path.display())]
+    Mismatch {
+        /// The copy.
+        path: PathBuf,
+        /// How it differs.
+        detail: String,
+    },
+    /// No backup to roll back from.
+    #[error("no migration to roll back: {} holds no backup (`gatewayctl migrate-initd --apply` makes one)", dir.display())]
+    NoBackup {
+        /// Where backups are kept.
+        dir: PathBuf,
+    },
+    /// Another migrate-initd holds the lock.
+    #[error("another `gatewayctl migrate-initd` is running (it holds {})", path.display())]
+    Busy {
+        /// The lock file.
+        path: PathBuf,
+    },
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> MigrateError + 'a {
+    move |source| MigrateError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// An rc link, exactly as it was: its path and what it points to, as written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RcLink {
+    /// The link, e.g. `/etc/rc2.d/S01vshell-group1-server1`.
+    pub path: PathBuf,
+    /// Its target as written, e.g. `../init.d/vshell-group1-server1`.
+    pub target: PathBuf,
+}
+
+impl RcLink {
+    /// A start link (`S..`): the script ran at boot.
+    fn starts(&self) -> bool {
+        self.path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('S'))
+    }
+}
+
+/// A script as apply found it, and what replaced it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedScript {
+    /// Where it was (logical path, `/etc/init.d/...`).
+    pub path: PathBuf,
+    /// Its copy's file name in the backup directory.
+    pub name: String,
+    /// When the script itself was a symbolic link: its target.
+    pub symlink: Option<PathBuf>,
+    /// Permission bits.
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Modification time: seconds since the epoch.
+    pub mtime: i64,
+    /// Modification time: nanoseconds.
+    pub mtime_nsec: i64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Its rc links.
+    pub rc_links: Vec<RcLink>,
+    /// The unit systemd-sysv-generator made of it.
+    pub legacy_unit: String,
+    /// The unit that replaces it.
+    pub unit: String,
+    /// What it starts, in the operator's words.
+    pub what: String,
+    /// `group/instance` for an instance; None for the Node Manager.
+    pub instance: Option<String>,
+    /// Its legacy unit was running when apply began.
+    pub legacy_was_active: bool,
+    /// Apply enabled `unit` (it was not enabled before).
+    pub enabled_unit: bool,
+}
+
+/// What one apply did: enough for rollback to undo it exactly.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Format version.
+    pub version: u32,
+    /// When apply ran (seconds since the epoch).
+    pub created: u64,
+    /// Apply enabled gateway.target (it was not enabled before).
+    pub enabled_target: bool,
+    /// The scripts, in the order they were found.
+    pub scripts: Vec<SavedScript>,
+}
+
+/// The rc links that point at the script `name`.
+pub fn rc_links(root: &Root, name: &str) -> Vec<RcLink> {
+    let mut links = Vec::new();
+    for dir in RC_DIRS {
+        let Ok(entries) = fs::read_dir(root.real(Path::new(dir))) else {
+            continue;
+        };
+        for e in entries.filter_map(Result::ok) {
+            let Ok(target) = fs::read_link(e.path()) else {
+                continue;
+            };
+            let points_here = target.file_name().is_some_and(|n| n == name)
+                && target.parent().is_some_and(|p| p.ends_with("init.d"));
+            if points_here {
+                links.push(RcLink {
+                    path: Path::new(dir).join(e.file_name()),
+                    target,
+                });
+            }
+        }
+    }
+    links.sort_by(|a, b| a.path.cmp(&b.path));
+    links
+}
+
+fn mtime_of(secs: i64, nsec: i64) -> SystemTime {
+    let nsec = nsec.clamp(0, 999_999_999) as u32;
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::new(secs as u64, nsec)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()) + Duration::new(0, nsec)
+    }
+}
+
+/// Copy `from` to `to` exactly: content, mode, owner, modification time (a symlink as a
+/// symlink); written atomically and synced.
+fn copy_exact(from: &Path, to: &Path) -> Result<(), MigrateError> {
+    let meta = fs::symlink_metadata(from).map_err(io_err("cannot read", from))?;
+    let dir = to.parent().unwrap_or(Path::new("/"));
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        to.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    let _ = fs::remove_file(&tmp);
+    if meta.file_type().is_symlink() {
+        let target = fs::read_link(from).map_err(io_err("cannot read", from))?;
+        std::os::unix::fs::symlink(&target, &tmp).map_err(io_err("cannot create", &tmp))?;
+        std::os::unix::fs::lchown(&tmp, Some(meta.uid()), Some(meta.gid()))
+            .map_err(io_err("cannot chown", &tmp))?;
+    } else {
+        let bytes = fs::read(from).map_err(io_err("cannot read", from))?;
+        let mut f = fs::File::create(&tmp).map_err(io_err("cannot create", &tmp))?;
+        io::Write::write_all(&mut f, &bytes).map_err(io_err("cannot write", &tmp))?;
+        // Owner before mode: chown clears set-id bits.
+        std::os::unix::fs::fchown(&f, Some(meta.uid()), Some(meta.gid()))
+            .map_err(io_err("cannot chown", &tmp))?;
+        f.set_permissions(fs::Permissions::from_mode(meta.mode() & 0o7777))
+            .map_err(io_err("cannot chmod", &tmp))?;
+        let times = fs::FileTimes::new()
+            .set_modified(mtime_of(meta.mtime(), meta.mtime_nsec()))
+            .set_accessed(mtime_of(meta.atime(), meta.atime_nsec()));
+        f.set_times(times)
+            .map_err(io_err("cannot set the times of", &tmp))?;
+        f.sync_all().map_err(io_err("cannot sync", &tmp))?;
+    }
+    fs::rename(&tmp, to).map_err(io_err("cannot rename into place", to))?;
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// How `copy` differs from what `saved` recorded, if it does.
+fn differs(copy: &Path, saved: &SavedScript, original: Option<&[u8]>) -> Option<String> {
+    let meta = match fs::symlink_metadata(copy) {
+        Ok(m) => m,
+        Err(e) => return Some(format!("cannot read: {e}")),
+    };
+    if let Some(target) = &saved.symlink {
+        return match fs::read_link(copy) {
+            Ok(t) if t == *target => None,
+            Ok(t) => Some(format!(
+                "points to {} instead of {}",
+                t.display(),
+                target.display()
+            )),
+            Err(_) => Some("is not a symbolic link".into()),
+        };
+    }
+    let checks = [
+        ("mode", (meta.mode() & 0o7777) as i64, saved.mode as i64),
+        ("owner", meta.uid() as i64, saved.uid as i64),
+        ("group", meta.gid() as i64, saved.gid as i64),
+        ("size", meta.size() as i64, saved.size as i64),
+        ("mtime", meta.mtime(), saved.mtime),
+        ("mtime ns", meta.mtime_nsec(), saved.mtime_nsec),
+    ];
+    for (what, is, was) in checks {
+        if is != was {
+            return Some(format!("{what} is {is}, was {was}"));
+        }
+    }
+    if let Some(original) = original {
+        match fs::read(copy) {
+            Ok(bytes) if bytes == original => {}
+            Ok(_) => return Some("content differs".into()),
+            Err(e) => return Some(format!("cannot read: {e}")),
+        }
+    }
+    None
+}
+
+/// Record a script and copy it into `backup` (nothing is removed yet).
+pub fn save(
+    root: &Root,
+    backup: &Path,
+    script: &Path,
+    replaced_by: (&str, &str, Option<String>),
+    legacy_unit: &str,
+) -> Result<SavedScript, MigrateError> {
+    let real = root.real(script);
+    let meta = fs::symlink_metadata(&real).map_err(io_err("cannot read", &real))?;
+    let name = script
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    let symlink = match meta.file_type().is_symlink() {
+        true => Some(fs::read_link(&real).map_err(io_err("cannot read", &real))?),
+        false => None,
+    };
+    let (what, unit, instance) = replaced_by;
+    let saved = SavedScript {
+        path: script.to_path_buf(),
+        rc_links: rc_links(root, &name),
+        symlink,
+        mode: meta.mode() & 0o7777,
+        uid: meta.uid(),
+        gid: meta.gid(),
+        mtime: meta.mtime(),
+        mtime_nsec: meta.mtime_nsec(),
+        size: meta.size(),
+        legacy_unit: legacy_unit.to_string(),
+        unit: unit.to_string(),
+        what: what.to_string(),
+        instance,
+        legacy_was_active: false,
+        enabled_unit: false,
+        name,
+    };
+    let copy = backup.join(&saved.name);
+    copy_exact(&real, &copy)?;
+    let original = match saved.symlink {
+        Some(_) => None,
+        None => Some(fs::read(&real).map_err(io_err("cannot read", &real))?),
+    };
+    if let Some(detail) = differs(&copy, &saved, original.as_deref()) {
+        return Err(MigrateError::Mismatch { path: copy, detail });
+    }
+    Ok(saved)
+}
+
+/// Remove a saved script and its rc links from the system (its copy is in the backup).
+pub fn remove_original(root: &Root, saved: &SavedScript) -> Result<(), MigrateError> {
+    for link in &saved.rc_links {
+        let real = root.real(&link.path);
+        match fs::remove_file(&real) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(io_err("cannot remove", &real)(e))
+            }
+            _ => {}
+        }
+    }
+    let real = root.real(&saved.path);
+    fs::remove_file(&real).map_err(io_err("cannot remove", &real))?;
+    if let Some(dir) = real.parent().and_then(|d| fs::File::open(d).ok()) {
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}
+
+/// Put a saved script and its rc links back exactly as they were.
+pub fn restore(root: &Root, backup: &Path, saved: &SavedScript) -> Result<(), MigrateError> {
+    let copy = backup.join(&saved.name);
+    let original = match saved.symlink {
+        Some(_) => None,
+        None => Some(fs::read(&copy).map_err(io_err("cannot read", &copy))?),
+    };
+    if let Some(detail) = differs(&copy, saved, original.as_deref()) {
+        return Err(MigrateError::Mismatch {
+            path: copy,
+            detail: format!("the backup copy changed ({detail})"),
+        });
+    }
+    let real = root.real(&saved.path);
+    if let Some(parent) = real.parent() {
+        fs::create_dir_all(parent).map_err(io_err("cannot create", parent))?;
+    }
+    copy_exact(&copy, &real)?;
+    if let Some(detail) = differs(&real, saved, original.as_deref()) {
+        return Err(MigrateError::Mismatch { path: real, detail });
+    }
+    for link in &saved.rc_links {
+        let real = root.real(&link.path);
+        match fs::read_link(&real) {
+            Ok(t) if t == link.target => continue,
+            Ok(_) => fs::remove_file(&real).map_err(io_err("cannot replace", &real))?,
+            Err(_) => {}
+        }
+        if let Some(parent) = real.parent() {
+            fs::create_dir_all(parent).map_err(io_err("cannot create", parent))?;
+        }
+        std::os::unix::fs::symlink(&link.target, &real).map_err(io_err("cannot create", &real))?;
+    }
+    Ok(())
+}
+
+/// Write the manifest atomically.
+fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<(), MigrateError> {
+    let path = dir.join(MANIFEST);
+    let text = serde_json::to_string_pretty(manifest).unwrap_or_default() + "\n";
+    install::write_atomic(&path, text.as_bytes(), 0o600).map_err(io_err("cannot write", &path))
+}
+
+/// Read a backup directory's manifest.
+pub fn read_manifest(dir: &Path) -> Result<Manifest, MigrateError> {
+    let path = dir.join(MANIFEST);
+    let text = fs::read_to_string(&path).map_err(io_err("cannot read", &path))?;
+    let m: Manifest = serde_json::from_str(&text).map_err(|e| MigrateError::Manifest {
+        path: path.clone(),
+        detail: format!("not a migrate-initd manifest ({e})"),
+    })?;
+    if m.version != 1 {
+        return Err(MigrateError::Manifest {
+            path,
+            detail: format!("manifest version {} is not supported", m.version),
+        });
+    }
+    Ok(m)
+}
+
+/// The newest backup directory that has a manifest.
+pub fn newest_backup(root: &Root) -> Result<PathBuf, MigrateError> {
+    let base = root.real(Path::new(BACKUP_ROOT));
+    let mut dirs: Vec<PathBuf> = fs::read_dir(&base)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.join(MANIFEST).is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    // Names are UTC timestamps: the greatest is the newest.
+    dirs.sort();
+    dirs.pop().ok_or(MigrateError::NoBackup { dir: base })
+}
+
+/// A UTC timestamp for directory names: `20261123T134553Z`.
+fn timestamp(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's days-to-civil algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Hold the migration lock for as long as the returned file lives.
+fn lock(root: &Root) -> Result<fs::File, MigrateError> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::DirBuilderExt;
+    let base = root.real(Path::new(BACKUP_ROOT));
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&base)
+        .map_err(io_err("cannot create", &base))?;
+    let path = base.join(".lock");
+    let f = fs::File::create(&path).map_err(io_err("cannot create", &path))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(MigrateError::Busy { path });
+    }
+    Ok(f)
+}
+
+/// The instance's or Node Manager's health URL with its ports filled in.
+fn health_url(inst: &Installation, root: &Root, target: Target) -> Option<String> {
+    match target {
+        Target::Instance(k) => {
+            let i = &inst.instances[k];
+            let ports = install::read_ports(root, &i.dir).ok().flatten()?;
+            install::complete_health_url(&i.settings.health_url, ports).ok()
+        }
+        Target::NodeManager => inst
+            .node_manager
+            .as_ref()
+            .map(|nm| nm.settings.health_url.clone()),
+    }
+}
+
+/// One mapped script with what apply needs to know about it.
+struct Step {
+    script: PathBuf,
+    target: Target,
+    legacy_unit: String,
+}
+
+fn is_running(state: &str) -> bool {
+    matches!(
+        state,
+        "active" | "activating" | "reloading" | "deactivating"
+    )
+}
+
+fn report(e: &SystemdError) -> i32 {
+    eprintln!("gatewayctl: {e}");
+    match e {
+        SystemdError::Denied { .. } => exit::DENIED,
+        _ => exit::FAILED,
+    }
+}
+
+/// `migrate-initd --apply`.
+pub fn apply(systemd: &Systemd, inst: &Installation, root: &Root) -> i32 {
+    let _lock = match lock(root) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("gatewayctl: {e}");
+            return exit::FAILED;
+        }
+    };
+    let (scripts, unreadable) = initd::scan(root);
+    for (path, why) in unreadable {
+        println!("{}: left alone: cannot read: {why}", path.display());
+    }
+    let lookup = Lookup::new(inst);
+    let mut steps = Vec::new();
+    for script in &scripts {
+        match (lookup.map(script), script.sysv_unit()) {
+            (Mapping::Mapped { target, .. }, Some(legacy_unit)) => steps.push(Step {
+                script: script.path.clone(),
+                target,
+                legacy_unit,
+            }),
+            (Mapping::Mapped { target, .. }, None) => println!(
+                "{}: left alone: it starts {} but its name cannot be a unit name; rename it to vshell-<group>-<instance> and run again",
+                script.path.display(),
+                target.describe(inst).0
+            ),
+            (Mapping::Unmapped { reason }, _) => {
+                println!("{}: left alone: {reason}", script.path.display())
+            }
+        }
+    }
+    if steps.is_empty() {
+        println!("nothing to migrate: no legacy script starts an instance or the Node Manager of this host");
+        return exit::OK;
+    }
+    // Stop instances before the Node Manager; start it before them.
+    steps.sort_by_key(|s| matches!(s.target, Target::NodeManager));
+
+    // 1. Copy every script (and record its rc links) before anything changes.
+    let created = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let backup = root.real(&Path::new(BACKUP_ROOT).join(timestamp(created)));
+    if let Err(e) = fs::create_dir(&backup) {
+        eprintln!("gatewayctl: cannot create {}: {e}", backup.display());
+        return exit::FAILED;
+    }
+    let mut manifest = Manifest {
+        version: 1,
+        created,
+        enabled_target: false,
+        scripts: Vec::new(),
+    };
+    let legacy_units: Vec<String> = steps.iter().map(|s| s.legacy_unit.clone()).collect();
+    let legacy_states = systemd.status_many(&legacy_units);
+    for (step, state) in steps.iter().zip(legacy_states) {
+        let (what, unit) = step.target.describe(inst);
+        let instance = match step.target {
+            Target::Instance(_) => Some(what.clone()),
+            Target::NodeManager => None,
+        };
+        let mut saved = match save(
+            root,
+            &backup,
+            &step.script,
+            (&what, &unit, instance),
+            &step.legacy_unit,
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("gatewayctl: {e}; nothing was changed");
+                return exit::FAILED;
+            }
+        };
+        saved.legacy_was_active = match state {
+            Ok(s) => is_running(&s.active_state),
+            Err(e) => return report(&e),
+        };
+        manifest.scripts.push(saved);
+    }
+    if let Err(e) = write_manifest(&backup, &manifest) {
+        eprintln!("gatewayctl: {e}; nothing was changed");
+        return exit::FAILED;
+    }
+    println!(
+        "saved {} script(s) and their rc links in {}",
+        manifest.scripts.len(),
+        backup.display()
+    );
+    let undo = "`gatewayctl migrate-initd --rollback` puts back what was changed";
+
+    // 2. Stop the legacy services, and make sure nothing still serves their instances.
+    for (step, saved) in steps.iter().zip(&manifest.scripts) {
+        if saved.legacy_was_active {
+            if let Err(code) = super::run_job_reported(systemd, Verb::Stop, &saved.legacy_unit) {
+                eprintln!(
+                    "migration stopped: {} did not stop; {undo}",
+                    saved.legacy_unit
+                );
+                return code;
+            }
+            println!("stopped {} ({})", saved.legacy_unit, saved.what);
+        }
+        if let Some(addr) =
+            health_url(inst, root, step.target).and_then(|u| crate::launch::already_running(&u))
+        {
+            eprintln!(
+                "migration stopped: {} still answers on {addr} with {} stopped: a copy runs outside systemd. \
+                 Stop it with the vendor's tools (startinstance -k), then run `gatewayctl migrate-initd --apply` again; {undo}",
+                saved.what, saved.legacy_unit
+            );
+            return exit::FAILED;
+        }
+    }
+
+    // 3. Move the scripts out of /etc/init.d and mask their names.
+    for saved in &manifest.scripts {
+        if let Err(e) = remove_original(root, saved) {
+            eprintln!("gatewayctl: {e}; migration stopped; {undo}");
+            return exit::FAILED;
+        }
+    }
+    let legacy_refs: Vec<&str> = legacy_units.iter().map(String::as_str).collect();
+    if let Err(e) = systemd.mask_files(&legacy_refs, true) {
+        eprintln!("migration stopped; {undo}");
+        return report(&e);
+    }
+    println!(
+        "moved {} script(s) to {} and masked {}",
+        manifest.scripts.len(),
+        backup.display(),
+        legacy_refs.join(" ")
+    );
+    // A rollback's legacy_initd = true would keep the units from being generated as wanted.
+    let rollback_config = root.real(Path::new(ROLLBACK_CONFIG));
+    if rollback_config.exists() {
+        if let Err(e) = fs::remove_file(&rollback_config) {
+            eprintln!(
+                "gatewayctl: cannot remove {}: {e}; migration stopped; {undo}",
+                rollback_config.display()
+            );
+            return exit::FAILED;
+        }
+    }
+
+    // 4. Enable what ran at boot before, then reload (the generator runs again).
+    let mut to_enable: Vec<&str> = Vec::new();
+    for saved in manifest.scripts.iter_mut() {
+        if !saved.rc_links.iter().any(RcLink::starts) {
+            continue;
+        }
+        match systemd.unit_file_state(&saved.unit) {
+            Ok(state) if state == "enabled" => {}
+            Ok(_) => {
+                saved.enabled_unit = true;
+                to_enable.push(&saved.unit);
+            }
+            Err(e) => return report(&e),
+        }
+    }
+    if !to_enable.is_empty() {
+        match systemd.unit_file_state(crate::units::name::GATEWAY_TARGET) {
+            Ok(state) if state == "enabled" => {}
+            Ok(_) => {
+                manifest.enabled_target = true;
+                to_enable.push(crate::units::name::GATEWAY_TARGET);
+            }
+            Err(e) => return report(&e),
+        }
+        if let Err(e) = systemd.enable_files(&to_enable, true) {
+            eprintln!("migration stopped; {undo}");
+            return report(&e);
+        }
+        println!("enabled {}", to_enable.join(" "));
+    }
+    if let Err(e) = write_manifest(&backup, &manifest) {
+        eprintln!("gatewayctl: {e}; migration stopped; {undo}");
+        return exit::FAILED;
+    }
+    if let Err(e) = systemd.reload() {
+        eprintln!("migration stopped; {undo}");
+        return report(&e);
+    }
+
+    // 5. Start the units that replace what was running, and check they serve.
+    let mut code = exit::OK;
+    for saved in manifest.scripts.iter().rev() {
+        if !saved.legacy_was_active {
+            continue;
+        }
+        if let Err(c) = super::run_job_reported(systemd, Verb::Start, &saved.unit) {
+            eprintln!("{} did not start; {undo}", saved.unit);
+            code = c;
+            continue;
+        }
+        match systemd.status(&saved.unit) {
+            Ok(s) if s.status_text.starts_with("serving") => {
+                println!("started {} ({}): {}", saved.unit, saved.what, s.status_text)
+            }
+            Ok(s) => {
+                eprintln!(
+                    "{} started but is not serving: {} ({}); {undo}",
+                    saved.unit, s.active_state, s.status_text
+                );
+                code = exit::FAILED;
+            }
+            Err(e) => code = report(&e),
+        }
+    }
+    if code == exit::OK {
+        println!("migrated {} script(s); {undo}", manifest.scripts.len());
+    }
+    code
+}
+
+/// The config drop-in that leaves these to their scripts again.
+fn rollback_config_text(manifest: &Manifest) -> String {
+    let mut text = String::from(
+        "# Written by `gatewayctl migrate-initd --rollback`: these are started by their\n\
+         # /etc/init.d/vshell-* scripts again. `gatewayctl migrate-initd --apply` removes this file.\n",
+    );
+    for saved in &manifest.scripts {
+        match &saved.instance {
+            Some(key) => {
+                let quoted = toml_string(key);
+                text.push_str(&format!("\n[instances.{quoted}]\nlegacy_initd = true\n"));
+            }
+            None => text.push_str("\n[nodemanager]\nlegacy_initd = true\n"),
+        }
+    }
+    text
+}
+
+/// A TOML basic string.
+fn toml_string(s: &str) -> String {
+    let mut out = String::from('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// `migrate-initd --rollback`: from the newest backup, or `from`.
+pub fn rollback(systemd: &Systemd, root: &Root, from: Option<&Path>) -> i32 {
+    let _lock = match lock(root) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("gatewayctl: {e}");
+            return exit::FAILED;
+        }
+    };
+    let backup = match from {
+        Some(dir) => dir.to_path_buf(),
+        None => match newest_backup(root) {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("gatewayctl: {e}");
+                return exit::FAILED;
+            }
+        },
+    };
+    let manifest = match read_manifest(&backup) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("gatewayctl: {e}");
+            return exit::FAILED;
+        }
+    };
+    println!(
+        "rolling back the migration saved in {} ({} script(s))",
+        backup.display(),
+        manifest.scripts.len()
+    );
+    let stopped = "rollback stopped; run it again once the cause is fixed";
+
+    // 1. Stop the units (instances first: they are before the Node Manager in the manifest).
+    for saved in &manifest.scripts {
+        let running = match systemd.status(&saved.unit) {
+            Ok(s) => is_running(&s.active_state),
+            Err(e) => return report(&e),
+        };
+        if running {
+            if let Err(code) = super::run_job_reported(systemd, Verb::Stop, &saved.unit) {
+                eprintln!("{stopped}");
+                return code;
+            }
+            println!("stopped {} ({})", saved.unit, saved.what);
+        }
+    }
+
+    // 2. Undo what apply enabled and masked; leave the instances to their scripts.
+    let mut to_disable: Vec<&str> = manifest
+        .scripts
+        .iter()
+        .filter(|s| s.enabled_unit)
+        .map(|s| s.unit.as_str())
+        .collect();
+    if manifest.enabled_target {
+        to_disable.push(crate::units::name::GATEWAY_TARGET);
+    }
+    if !to_disable.is_empty() {
+        if let Err(e) = systemd.enable_files(&to_disable, false) {
+            eprintln!("{stopped}");
+            return report(&e);
+        }
+        println!("disabled {}", to_disable.join(" "));
+    }
+    let config = root.real(Path::new(ROLLBACK_CONFIG));
+    let written = config
+        .parent()
+        .map_or(Ok(()), fs::create_dir_all)
+        .and_then(|_| {
+            install::write_atomic(&config, rollback_config_text(&manifest).as_bytes(), 0o644)
+        });
+    if let Err(e) = written {
+        eprintln!(
+            "gatewayctl: cannot write {}: {e}; {stopped}",
+            config.display()
+        );
+        return exit::FAILED;
+    }
+    let legacy: Vec<&str> = manifest
+        .scripts
+        .iter()
+        .map(|s| s.legacy_unit.as_str())
+        .collect();
+    if let Err(e) = systemd.mask_files(&legacy, false) {
+        eprintln!("{stopped}");
+        return report(&e);
+    }
+
+    // 3. Put the scripts and their rc links back exactly, then reload.
+    for saved in &manifest.scripts {
+        if let Err(e) = restore(root, &backup, saved) {
+            eprintln!("gatewayctl: {e}; {stopped}");
+            return exit::FAILED;
+        }
+        println!(
+            "restored {} and {} rc link(s)",
+            saved.path.display(),
+            saved.rc_links.len()
+        );
+    }
+    if let Err(e) = systemd.reload() {
+        eprintln!("{stopped}");
+        return report(&e);
+    }
+
+    // 4. Start what ran before the migration (the Node Manager first).
+    let mut code = exit::OK;
+    for saved in manifest.scripts.iter().rev() {
+        if !saved.legacy_was_active {
+            continue;
+        }
+        match super::run_job_reported(systemd, Verb::Start, &saved.legacy_unit) {
+            Ok(()) => println!("started {} ({})", saved.legacy_unit, saved.what),
+            Err(c) => code = c,
+        }
+    }
+    if code == exit::OK {
+        println!(
+            "rolled back: the scripts are in /etc/init.d again and {} says legacy_initd = true",
+            ROLLBACK_CONFIG
+        );
+    }
+    code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_utc_calendar_dates() {
+        assert_eq!(timestamp(0), "19700101T000000Z");
+        assert_eq!(timestamp(1_795_441_553), "20261123T134553Z");
+        assert_eq!(timestamp(951_782_400), "20000229T000000Z");
+    }
+
+    #[test]
+    fn save_remove_restore_is_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::new(dir.path());
+        let init = dir.path().join("etc/init.d");
+        let rc2 = dir.path().join("etc/rc2.d");
+        let rc0 = dir.path().join("etc/rc0.d");
+        for d in [&init, &rc2, &rc0] {
+            fs::create_dir_all(d).unwrap();
+        }
+        let script = init.join("vshell-g-i");
+        fs::write(&script, "#!/bin/sh\necho hi\n").unwrap();
+        fs::set_permissions(&script, fs::Permissions::from_mode(0o750)).unwrap();
+        let old = mtime_of(1_600_000_000, 123_456_789);
+        fs::File::options()
+            .write(true)
+            .open(&script)
+            .unwrap()
+            .set_times(fs::FileTimes::new().set_modified(old))
+            .unwrap();
+        std::os::unix::fs::symlink("../init.d/vshell-g-i", rc2.join("S20vshell-g-i")).unwrap();
+        std::os::unix::fs::symlink("/etc/init.d/vshell-g-i", rc0.join("K01vshell-g-i")).unwrap();
+        std::os::unix::fs::symlink("../init.d/other", rc2.join("S20other")).unwrap();
+        let backup = dir.path().join("backup");
+        fs::create_dir(&backup).unwrap();
+
+        let logical = Path::new("/etc/init.d/vshell-g-i");
+        let saved = save(
+            &root,
+            &backup,
+            logical,
+            ("g/i", "gateway@g-i.service", Some("g/i".into())),
+            "vshell-g-i.service",
+        )
+        .unwrap();
+        assert_eq!(saved.mode, 0o750);
+        assert_eq!(
+            (saved.mtime, saved.mtime_nsec),
+            (1_600_000_000, 123_456_789)
+        );
+        assert_eq!(
+            saved.rc_links,
+            vec![
+                RcLink {
+                    path: "/etc/rc0.d/K01vshell-g-i".into(),
+                    target: "/etc/init.d/vshell-g-i".into()
+                },
+                RcLink {
+                    path: "/etc/rc2.d/S20vshell-g-i".into(),
+                    target: "../init.d/vshell-g-i".into()
+                },
+            ]
+        );
+        assert!(saved.rc_links.iter().any(RcLink::starts));
+
+        remove_original(&root, &saved).unwrap();
+        assert!(!script.exists() && fs::symlink_metadata(rc2.join("S20vshell-g-i")).is_err());
+        assert!(fs::symlink_metadata(rc2.join("S20other")).is_ok());
+
+        restore(&root, &backup, &saved).unwrap();
+        assert_eq!(fs::read_to_string(&script).unwrap(), "#!/bin/sh\necho hi\n");
+        let meta = fs::metadata(&script).unwrap();
+        assert_eq!(meta.mode() & 0o7777, 0o750);
+        assert_eq!(meta.modified().unwrap(), old);
+        assert_eq!(
+            fs::read_link(rc2.join("S20vshell-g-i")).unwrap(),
+            Path::new("../init.d/vshell-g-i")
+        );
+        // A changed backup copy is refused, not restored.
+        fs::write(backup.join("vshell-g-i"), "#!/bin/sh\nrm -rf /\n").unwrap();
+        assert!(matches!(
+            restore(&root, &backup, &saved),
+            Err(MigrateError::Mismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn rollback_config_quotes_instance_names() {
+        let m = Manifest {
+            version: 1,
+            created: 0,
+            enabled_target: false,
+            scripts: vec![SavedScript {
+                path: "/etc/init.d/x".into(),
+                name: "x".into(),
+                symlink: None,
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+                mtime: 0,
+                mtime_nsec: 0,
+                size: 0,
+                rc_links: vec![],
+                legacy_unit: "x.service".into(),
+                unit: "gateway@a-b.service".into(),
+                what: "pay \"eu\"/edge node 1".into(),
+                instance: Some("pay \"eu\"/edge node 1".into()),
+                legacy_was_active: true,
+                enabled_unit: false,
+            }],
+        };
+        let text = rollback_config_text(&m);
+        let mut c = crate::install::config::Config::default();
+        c.merge_file(&text, Path::new("/x.toml")).unwrap();
+        assert_eq!(
+            c.instances["pay \"eu\"/edge node 1"].0.legacy_initd,
+            Some(true)
+        );
+    }
+}
