@@ -104,6 +104,18 @@ pub struct RcLink {
     pub path: PathBuf,
     /// Its target as written, e.g. `../init.d/vshell-group1-server1`.
     pub target: PathBuf,
+    /// The link's owner.
+    #[serde(default)]
+    pub uid: u32,
+    /// The link's group.
+    #[serde(default)]
+    pub gid: u32,
+    /// The link's own modification time: seconds since the epoch.
+    #[serde(default)]
+    pub mtime: i64,
+    /// The link's own modification time: nanoseconds.
+    #[serde(default)]
+    pub mtime_nsec: i64,
 }
 
 impl RcLink {
@@ -173,7 +185,8 @@ pub fn rc_links(root: &Root, name: &str) -> Vec<RcLink> {
             continue;
         };
         for e in entries.filter_map(Result::ok) {
-            let Ok(target) = fs::read_link(e.path()) else {
+            let (Ok(target), Ok(meta)) = (fs::read_link(e.path()), fs::symlink_metadata(e.path()))
+            else {
                 continue;
             };
             let points_here = target.file_name().is_some_and(|n| n == name)
@@ -182,6 +195,10 @@ pub fn rc_links(root: &Root, name: &str) -> Vec<RcLink> {
                 links.push(RcLink {
                     path: Path::new(dir).join(e.file_name()),
                     target,
+                    uid: meta.uid(),
+                    gid: meta.gid(),
+                    mtime: meta.mtime(),
+                    mtime_nsec: meta.mtime_nsec(),
                 });
             }
         }
@@ -199,6 +216,32 @@ fn mtime_of(secs: i64, nsec: i64) -> SystemTime {
     }
 }
 
+/// Set a symbolic link's own owner and times (not its target's).
+fn set_link_meta(path: &Path, uid: u32, gid: u32, mtime: (i64, i64)) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let time = libc::timespec {
+        tv_sec: mtime.0 as libc::time_t,
+        tv_nsec: mtime.1 as libc::c_long,
+    };
+    // SAFETY: a valid C string and two timespecs, as utimensat(2) wants.
+    let rc = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c_path.as_ptr(),
+            [time, time].as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Copy `from` to `to` exactly: content, mode, owner, modification time (a symlink as a
 /// symlink); written atomically and synced.
 fn copy_exact(from: &Path, to: &Path) -> Result<(), MigrateError> {
@@ -212,8 +255,13 @@ fn copy_exact(from: &Path, to: &Path) -> Result<(), MigrateError> {
     if meta.file_type().is_symlink() {
         let target = fs::read_link(from).map_err(io_err("cannot read", from))?;
         std::os::unix::fs::symlink(&target, &tmp).map_err(io_err("cannot create", &tmp))?;
-        std::os::unix::fs::lchown(&tmp, Some(meta.uid()), Some(meta.gid()))
-            .map_err(io_err("cannot chown", &tmp))?;
+        set_link_meta(
+            &tmp,
+            meta.uid(),
+            meta.gid(),
+            (meta.mtime(), meta.mtime_nsec()),
+        )
+        .map_err(io_err("cannot set the owner and times of", &tmp))?;
     } else {
         let bytes = fs::read(from).map_err(io_err("cannot read", from))?;
         let mut f = fs::File::create(&tmp).map_err(io_err("cannot create", &tmp))?;
@@ -369,15 +417,23 @@ pub fn restore(root: &Root, backup: &Path, saved: &SavedScript) -> Result<(), Mi
     }
     for link in &saved.rc_links {
         let real = root.real(&link.path);
-        match fs::read_link(&real) {
-            Ok(t) if t == link.target => continue,
-            Ok(_) => fs::remove_file(&real).map_err(io_err("cannot replace", &real))?,
-            Err(_) => {}
+        let create = match fs::read_link(&real) {
+            Ok(t) if t == link.target => false,
+            Ok(_) => {
+                fs::remove_file(&real).map_err(io_err("cannot replace", &real))?;
+                true
+            }
+            Err(_) => true,
+        };
+        if create {
+            if let Some(parent) = real.parent() {
+                fs::create_dir_all(parent).map_err(io_err("cannot create", parent))?;
+            }
+            std::os::unix::fs::symlink(&link.target, &real)
+                .map_err(io_err("cannot create", &real))?;
         }
-        if let Some(parent) = real.parent() {
-            fs::create_dir_all(parent).map_err(io_err("cannot create", parent))?;
-        }
-        std::os::unix::fs::symlink(&link.target, &real).map_err(io_err("cannot create", &real))?;
+        set_link_meta(&real, link.uid, link.gid, (link.mtime, link.mtime_nsec))
+            .map_err(io_err("cannot set the owner and times of", &real))?;
     }
     Ok(())
 }
@@ -910,6 +966,9 @@ mod tests {
         std::os::unix::fs::symlink("../init.d/vshell-g-i", rc2.join("S20vshell-g-i")).unwrap();
         std::os::unix::fs::symlink("/etc/init.d/vshell-g-i", rc0.join("K01vshell-g-i")).unwrap();
         std::os::unix::fs::symlink("../init.d/other", rc2.join("S20other")).unwrap();
+        // SAFETY: getuid/getgid cannot fail.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        set_link_meta(&rc2.join("S20vshell-g-i"), uid, gid, (1_500_000_000, 5)).unwrap();
         let backup = dir.path().join("backup");
         fs::create_dir(&backup).unwrap();
 
@@ -927,19 +986,22 @@ mod tests {
             (saved.mtime, saved.mtime_nsec),
             (1_600_000_000, 123_456_789)
         );
+        let links: Vec<(&str, &str)> = saved
+            .rc_links
+            .iter()
+            .map(|l| (l.path.to_str().unwrap(), l.target.to_str().unwrap()))
+            .collect();
         assert_eq!(
-            saved.rc_links,
-            vec![
-                RcLink {
-                    path: "/etc/rc0.d/K01vshell-g-i".into(),
-                    target: "/etc/init.d/vshell-g-i".into()
-                },
-                RcLink {
-                    path: "/etc/rc2.d/S20vshell-g-i".into(),
-                    target: "../init.d/vshell-g-i".into()
-                },
+            links,
+            [
+                ("/etc/rc0.d/K01vshell-g-i", "/etc/init.d/vshell-g-i"),
+                ("/etc/rc2.d/S20vshell-g-i", "../init.d/vshell-g-i")
             ]
         );
+        let link_mtime = fs::symlink_metadata(rc2.join("S20vshell-g-i"))
+            .unwrap()
+            .mtime();
+        assert_eq!(link_mtime, 1_500_000_000);
         assert!(saved.rc_links.iter().any(RcLink::starts));
 
         remove_original(&root, &saved).unwrap();
@@ -955,6 +1017,8 @@ mod tests {
             fs::read_link(rc2.join("S20vshell-g-i")).unwrap(),
             Path::new("../init.d/vshell-g-i")
         );
+        let restored = fs::symlink_metadata(rc2.join("S20vshell-g-i")).unwrap();
+        assert_eq!((restored.mtime(), restored.mtime_nsec()), (link_mtime, 5));
         // A changed backup copy is refused, not restored.
         fs::write(backup.join("vshell-g-i"), "#!/bin/sh\nrm -rf /\n").unwrap();
         assert!(matches!(

@@ -304,20 +304,31 @@ fn print_migration_plan(inst: &Installation, root: &Root) {
         return;
     }
     for script in &scripts {
-        let legacy = script
-            .sysv_unit()
-            .unwrap_or_else(|| "(no unit name)".into());
+        let legacy = script.sysv_unit();
+        let shown = legacy.as_deref().unwrap_or("its legacy unit");
         match lookup.map(script) {
             crate::initd::Mapping::Mapped { target, rule } => {
                 let (who, unit) = target.describe(inst);
+                let left_to_script = match target {
+                    crate::initd::Target::Instance(k) => inst.instances[k].settings.legacy_initd,
+                    crate::initd::Target::NodeManager => inst
+                        .node_manager
+                        .as_ref()
+                        .is_some_and(|nm| nm.settings.legacy_initd),
+                };
+                let fate = match (&legacy, left_to_script) {
+                    (None, _) => "its name cannot be a unit name, so it is left alone; rename it to vshell-<group>-<instance>".to_string(),
+                    (Some(l), true) => format!("{l} stays usable (legacy_initd = true); --apply moves it"),
+                    (Some(l), false) => format!("{l} is masked; --apply moves it"),
+                };
                 println!(
-                    "{}: {who} -> {unit} (by {rule}); {legacy} is masked",
+                    "{}: {who} -> {unit} (by {rule}); {fate}",
                     script.path.display()
                 );
             }
             crate::initd::Mapping::Unmapped { reason } => {
                 println!(
-                    "{}: left alone ({legacy} stays usable): {reason}",
+                    "{}: left alone ({shown} stays usable): {reason}",
                     script.path.display()
                 );
             }
@@ -326,7 +337,9 @@ fn print_migration_plan(inst: &Installation, root: &Root) {
     for (path, why) in unreadable {
         println!("{}: left alone: cannot read: {why}", path.display());
     }
-    println!("\nThis is the plan only; nothing was changed.");
+    println!(
+        "\nThis is the plan only; nothing was changed. `gatewayctl migrate-initd --apply` does it."
+    );
 }
 
 /// `status`: one GetAll per interface and unit; a table or JSON.

@@ -8,6 +8,7 @@ mod common;
 mod ctl;
 mod harness;
 mod launcher;
+mod migrate;
 
 use common::install_package;
 use harness::{install_domain, Container};
@@ -374,6 +375,13 @@ fn main() {
         Trial::test(
             "generator::broken_topology_still_boots_to_running_with_the_good_instances",
             broken_topology_still_boots_to_running_with_the_good_instances,
+        )
+        .with_ignored_flag(missing.is_some()),
+    );
+    trials.push(
+        Trial::test(
+            "migrate_initd::apply_and_rollback_never_run_two_copies",
+            migrate::apply_and_rollback_never_run_two_copies,
         )
         .with_ignored_flag(missing.is_some()),
     );
