@@ -193,15 +193,24 @@ fn served_by_legacy(c: &Container) -> Result<bool, Failed> {
 }
 
 /// The watcher's log: the counts it saw, in order.
-fn stop_watcher(c: &Container, mut watcher: std::process::Child) -> Result<Vec<String>, Failed> {
+/// The watcher process, killed and reaped however the test ends.
+struct Watcher(std::process::Child);
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn stop_watcher(c: &Container, watcher: Watcher) -> Result<Vec<String>, Failed> {
     c.ok(&["touch", "/run/watch.stop"])?;
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         // /run is the container's own tmpfs: read it from inside.
         let log = String::from_utf8_lossy(&c.exec(&["cat", "/run/watch.log"]).stdout).to_string();
         if log.lines().last() == Some("done") || Instant::now() > deadline {
-            let _ = watcher.kill();
-            let _ = watcher.wait();
+            drop(watcher);
             let _ = c.exec(&["rm", "-f", "/run/watch.stop", "/run/watch.log"]);
             return Ok(log.lines().map(str::to_string).collect());
         }
@@ -268,7 +277,7 @@ pub fn apply_and_rollback_never_run_two_copies() -> Result<(), Failed> {
         format!("{LEGACY} is {load}/{active}, expected masked while still active")
     })?;
 
-    let watcher = c.spawn(&["/usr/local/sbin/watch-copies", DIR]);
+    let watcher = Watcher(c.spawn(&["/usr/local/sbin/watch-copies", DIR]));
     std::thread::sleep(Duration::from_millis(300));
     let (code, out) = ctl(&c, &["migrate-initd", "--apply"]);
     check(
@@ -314,7 +323,7 @@ pub fn apply_and_rollback_never_run_two_copies() -> Result<(), Failed> {
         || format!("{LEGACY} could be started after apply"),
     )?;
 
-    let watcher = c.spawn(&["/usr/local/sbin/watch-copies", DIR]);
+    let watcher = Watcher(c.spawn(&["/usr/local/sbin/watch-copies", DIR]));
     std::thread::sleep(Duration::from_millis(300));
     let (code, out) = ctl(&c, &["migrate-initd", "--rollback"]);
     check(
