@@ -20,9 +20,20 @@ use std::time::{Duration, Instant};
     long_about = None,
     after_help = "INSTANCE is group/instance as the topology names it (\"payments-eu/edge node 1\"), the unit's\n\
 instance string (group1-server1) or the unit name (gateway@group1-server1.service).\n\n\
+With -H, status, start, stop, restart, rolling-restart, enable, disable and nodemanager run on another\n\
+host through ssh and systemd-stdio-bridge there, as `systemctl -H` does; instances are then named by\n\
+group/instance or unit alone (that host's topology is not read here).\n\n\
 Exit status (LSB): 0 done, 1 a job failed, 2 usage, 4 not allowed (run as root), 5 no such instance."
 )]
 pub struct Cli {
+    /// Operate on another host: [user@]host[:port], through ssh (like systemctl -H).
+    #[arg(
+        short = 'H',
+        long = "host",
+        global = true,
+        value_name = "[USER@]HOST[:PORT]"
+    )]
+    pub host: Option<String>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -167,6 +178,83 @@ pub fn instance_string(arg: &str) -> Result<String, String> {
         })
 }
 
+/// An instance as the operator names it, with its unit: from this host's topology, or from
+/// the name alone (another host's, with -H).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Named {
+    /// Group name.
+    pub group: String,
+    /// Instance name.
+    pub instance: String,
+    /// Its unit.
+    pub unit: String,
+}
+
+impl From<&Instance> for Named {
+    fn from(i: &Instance) -> Self {
+        Named {
+            group: i.group.name.clone(),
+            instance: i.name.clone(),
+            unit: i.unit(),
+        }
+    }
+}
+
+impl Named {
+    /// Name an instance by what the operator typed alone (no topology).
+    pub fn parse(arg: &str) -> Result<Named, String> {
+        let s = instance_string(arg)?;
+        let (group, instance) =
+            name::parse_instance_string(&s).map_err(|e| format!("{arg:?}: {e}"))?;
+        Ok(Named {
+            group,
+            instance,
+            unit: format!("gateway@{s}.service"),
+        })
+    }
+
+    /// `group/instance`.
+    pub fn shown(&self) -> String {
+        format!("{}/{}", self.group, self.instance)
+    }
+}
+
+/// Where the instances are: this host's topology, or another host's loaded units (-H).
+enum Scope<'a> {
+    Local(&'a Installation),
+    Remote(&'a Systemd),
+}
+
+impl Scope<'_> {
+    /// Every instance there.
+    fn all(&self) -> Result<Vec<Named>, i32> {
+        match self {
+            Scope::Local(inst) => Ok(inst.instances.iter().map(Named::from).collect()),
+            Scope::Remote(systemd) => systemd
+                .gateway_units()
+                .map(|units| units.iter().filter_map(|u| Named::parse(u).ok()).collect())
+                .map_err(|e| {
+                    eprintln!("gatewayctl: {e}");
+                    denied_or_failed(&e)
+                }),
+        }
+    }
+
+    /// The instances the arguments name.
+    fn resolve(&self, args: &[String]) -> Result<Vec<Named>, i32> {
+        args.iter()
+            .map(|a| match self {
+                Scope::Local(inst) => find(inst, a).map(Named::from),
+                Scope::Remote(_) => Named::parse(a),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                eprintln!("gatewayctl: {e}");
+                exit::UNKNOWN
+            })
+    }
+}
+
 /// Find the local instance an argument names.
 pub fn find<'a>(inst: &'a Installation, arg: &str) -> Result<&'a Instance, String> {
     let wanted = instance_string(arg)?;
@@ -190,6 +278,17 @@ fn denied_or_failed(e: &SystemdError) -> i32 {
 
 /// Run gatewayctl; returns the exit status.
 pub fn main(cli: Cli) -> i32 {
+    let local_only = match &cli.command {
+        Command::List => Some("list"),
+        Command::Logs { .. } => Some("logs"),
+        Command::Drain { .. } => Some("drain"),
+        Command::MigrateInitd { .. } => Some("migrate-initd"),
+        _ => None,
+    };
+    if let (Some(host), Some(what)) = (&cli.host, local_only) {
+        eprintln!("gatewayctl: {what} works on this host only (it reads local files); run it there: ssh {host} gatewayctl {what} ...");
+        return 2;
+    }
     if let Command::Drain { wait, instance } = &cli.command {
         return drain_command(instance, *wait);
     }
@@ -215,26 +314,26 @@ pub fn main(cli: Cli) -> i32 {
         print_migration_plan(&inst, &Root::new("/"));
         return exit::OK;
     }
-    let systemd = match Systemd::system() {
+    let systemd = match cli.host.as_deref() {
+        Some(host) => Systemd::over_ssh(host),
+        None => Systemd::system(),
+    };
+    let systemd = match systemd {
         Ok(s) => s,
         Err(e) => {
             eprintln!("gatewayctl: {e}");
             return exit::FAILED;
         }
     };
-    let resolve = |args: &[String]| -> Result<Vec<&Instance>, i32> {
-        args.iter()
-            .map(|a| find(&inst, a))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| {
-                eprintln!("gatewayctl: {e}");
-                exit::UNKNOWN
-            })
+    let scope = match cli.host {
+        Some(_) => Scope::Remote(&systemd),
+        None => Scope::Local(&inst),
     };
+    let resolve = |args: &[String]| scope.resolve(args);
     let outcome = match &cli.command {
         Command::Status { json, instances } => {
             let chosen = if instances.is_empty() {
-                Ok(inst.instances.iter().collect())
+                scope.all()
             } else {
                 resolve(instances)
             };
@@ -246,7 +345,7 @@ pub fn main(cli: Cli) -> i32 {
             resolve(instances).map(|c| jobs(&systemd, Verb::Restart, &c))
         }
         Command::RollingRestart { targets } => {
-            rolling_targets(&inst, targets).map(|c| rolling_restart(&systemd, &c))
+            rolling_targets(&scope, targets).map(|c| rolling_restart(&systemd, &c))
         }
         Command::Enable { instances } => resolve(instances).map(|c| enable(&systemd, &c, true)),
         Command::Disable { instances } => resolve(instances).map(|c| enable(&systemd, &c, false)),
@@ -343,12 +442,12 @@ fn print_migration_plan(inst: &Installation, root: &Root) {
 }
 
 /// `status`: one GetAll per interface and unit; a table or JSON.
-fn status(systemd: &Systemd, chosen: &[&Instance], json: bool) -> i32 {
-    let units: Vec<String> = chosen.iter().map(|i| i.unit()).collect();
+fn status(systemd: &Systemd, chosen: &[Named], json: bool) -> i32 {
+    let units: Vec<String> = chosen.iter().map(|i| i.unit.clone()).collect();
     let mut rows = Vec::new();
     for (i, result) in chosen.iter().zip(systemd.status_many(&units)) {
         match result {
-            Ok(s) => rows.push((*i, s)),
+            Ok(s) => rows.push((i, s)),
             Err(e) => {
                 eprintln!("gatewayctl: {e}");
                 return denied_or_failed(&e);
@@ -360,8 +459,8 @@ fn status(systemd: &Systemd, chosen: &[&Instance], json: bool) -> i32 {
             .iter()
             .map(|(i, s)| {
                 let mut v = serde_json::to_value(s).unwrap_or_default();
-                v["group"] = i.group.name.clone().into();
-                v["instance"] = i.name.clone().into();
+                v["group"] = i.group.clone().into();
+                v["instance"] = i.instance.clone().into();
                 v
             })
             .collect();
@@ -374,8 +473,8 @@ fn status(systemd: &Systemd, chosen: &[&Instance], json: bool) -> i32 {
         for (i, s) in &rows {
             println!(
                 "{:<16} {:<20} {:<10} {:<8} {:>7} {:>8}  {}",
-                i.group.name,
-                i.name,
+                i.group,
+                i.instance,
                 s.active_state,
                 s.sub_state,
                 s.main_pid,
@@ -425,17 +524,15 @@ pub(crate) fn run_job_reported(systemd: &Systemd, verb: Verb, unit: &str) -> Res
 }
 
 /// start/stop/restart: one job per instance, each waited for.
-fn jobs(systemd: &Systemd, verb: Verb, chosen: &[&Instance]) -> i32 {
+fn jobs(systemd: &Systemd, verb: Verb, chosen: &[Named]) -> i32 {
     let mut code = exit::OK;
     for i in chosen {
-        let unit = i.unit();
         let started = Instant::now();
-        match run_job_reported(systemd, verb, &unit) {
+        match run_job_reported(systemd, verb, &i.unit) {
             Ok(()) => println!(
-                "{} {}/{}: done in {:.1}s",
+                "{} {}: done in {:.1}s",
                 verb.word(),
-                i.group.name,
-                i.name,
+                i.shown(),
                 started.elapsed().as_secs_f64()
             ),
             // Without permission the next instance fails the same way.
@@ -446,18 +543,12 @@ fn jobs(systemd: &Systemd, verb: Verb, chosen: &[&Instance]) -> i32 {
     code
 }
 
-fn enable(systemd: &Systemd, chosen: &[&Instance], on: bool) -> i32 {
-    let units: Vec<String> = chosen.iter().map(|i| i.unit()).collect();
-    let refs: Vec<&str> = units.iter().map(String::as_str).collect();
+fn enable(systemd: &Systemd, chosen: &[Named], on: bool) -> i32 {
+    let refs: Vec<&str> = chosen.iter().map(|i| i.unit.as_str()).collect();
     match systemd.set_enabled(&refs, on) {
         Ok(()) => {
             for i in chosen {
-                println!(
-                    "{} {}/{}",
-                    if on { "enabled" } else { "disabled" },
-                    i.group.name,
-                    i.name
-                );
+                println!("{} {}", if on { "enabled" } else { "disabled" }, i.shown());
             }
             exit::OK
         }
@@ -490,33 +581,27 @@ fn logs(inst: &Installation, arg: &str, follow: bool, lines: u32) -> i32 {
     }
 }
 
-/// Groups expand to their local instances, in topology order.
-fn rolling_targets<'a>(
-    inst: &'a Installation,
-    targets: &[String],
-) -> Result<Vec<&'a Instance>, i32> {
-    let mut chosen: Vec<&Instance> = Vec::new();
+/// Groups expand to their instances (in topology order here; by unit name with -H).
+fn rolling_targets(scope: &Scope, targets: &[String]) -> Result<Vec<Named>, i32> {
+    let all = scope.all()?;
+    let mut chosen: Vec<Named> = Vec::new();
     for t in targets {
-        let group: Vec<&Instance> = inst
-            .instances
-            .iter()
-            .filter(|i| i.group.name == *t)
-            .collect();
+        let group: Vec<Named> = all.iter().filter(|i| i.group == *t).cloned().collect();
         let found = if group.is_empty() {
-            find(inst, t).map(|i| vec![i])
+            scope.resolve(std::slice::from_ref(t)).map_err(|_| ())
         } else {
             Ok(group)
         };
         match found {
             Ok(list) => {
                 for i in list {
-                    if !chosen.iter().any(|c| std::ptr::eq(*c, i)) {
+                    if !chosen.contains(&i) {
                         chosen.push(i);
                     }
                 }
             }
-            Err(_) => {
-                eprintln!("gatewayctl: {t}: neither a group nor an instance of this host; `gatewayctl list` shows them");
+            Err(()) => {
+                eprintln!("gatewayctl: {t}: neither a group nor an instance; `gatewayctl status` shows them");
                 return Err(exit::UNKNOWN);
             }
         }
@@ -525,33 +610,36 @@ fn rolling_targets<'a>(
 }
 
 /// How long a restarted instance may take to be serving again (its start already waited for
-/// the health check; this covers the launcher's LB state catching up).
+/// the health check; this covers the launcher's state catching up).
 const SERVING_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn rolling_restart(systemd: &Systemd, chosen: &[&Instance]) -> i32 {
+fn rolling_restart(systemd: &Systemd, chosen: &[Named]) -> i32 {
     let n = chosen.len();
     for (k, i) in chosen.iter().enumerate() {
-        let unit = i.unit();
-        let who = format!("[{}/{n}] {}/{}", k + 1, i.group.name, i.name);
+        let unit = &i.unit;
+        let who = format!("[{}/{n}] {}", k + 1, i.shown());
         println!("{who}: draining and restarting");
         let started = Instant::now();
-        if let Err(code) = run_job_reported(systemd, Verb::Restart, &unit) {
+        if let Err(code) = run_job_reported(systemd, Verb::Restart, unit) {
             eprintln!(
                 "rolling restart stopped at {who}; {} instance(s) not restarted",
                 n - k - 1
             );
             return code;
         }
-        let socket = drain::control_socket(&i.instance_string);
+        // The launcher's STATUS= says "serving" once its health check passed and its LB
+        // endpoint answers 200; read over D-Bus, so this works with -H too.
         let serving = loop {
-            match drain::state(&socket) {
-                Ok(state) if state == "serving" => break true,
+            match systemd.status(unit) {
+                Ok(s) if s.active_state == "active" && s.status_text.starts_with("serving") => {
+                    break true
+                }
                 _ if started.elapsed() > SERVING_TIMEOUT => break false,
                 _ => std::thread::sleep(Duration::from_millis(100)),
             }
         };
         if !serving {
-            let s: UnitStatus = systemd.status(&unit).unwrap_or_default();
+            let s: UnitStatus = systemd.status(unit).unwrap_or_default();
             eprintln!("{who}: restarted but not serving after {SERVING_TIMEOUT:?} ({}); rolling restart stopped here", s.status_text);
             return exit::FAILED;
         }

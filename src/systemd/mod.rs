@@ -55,6 +55,26 @@ pub trait Manager {
     fn get_unit_file_state(&self, file: &str) -> zbus::Result<String>;
     /// Reload unit files (`systemctl daemon-reload`).
     fn reload(&self) -> zbus::Result<()>;
+    /// Loaded units whose names match the patterns (`systemctl list-units PATTERN`).
+    #[allow(clippy::type_complexity)]
+    fn list_units_by_patterns(
+        &self,
+        states: &[&str],
+        patterns: &[&str],
+    ) -> zbus::Result<
+        Vec<(
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+            OwnedObjectPath,
+            u32,
+            String,
+            OwnedObjectPath,
+        )>,
+    >;
     /// A job finished: id, job path, unit, result (done, failed, timeout, canceled, dependency, skipped).
     #[zbus(signal)]
     fn job_removed(
@@ -78,6 +98,14 @@ pub enum SystemdError {
     /// The system bus is not there.
     #[error("cannot reach systemd on the system bus ({0}); is this host running systemd?")]
     NoBus(String),
+    /// The other host cannot be reached, or its bus not through ssh.
+    #[error("cannot reach systemd on {host} over ssh ({detail}); check that `ssh {host} systemd-stdio-bridge --help` works without a password prompt")]
+    Remote {
+        /// `[user@]host[:port]` as given.
+        host: String,
+        /// What went wrong.
+        detail: String,
+    },
     /// Anything else systemd or the bus said.
     #[error("{action}: {detail}")]
     Call {
@@ -177,6 +205,30 @@ pub fn unit_object_path(unit: &str) -> String {
     path
 }
 
+/// `[user@]host[:port]` -> (`[user@]host`, port); `[v6]:port` works too. None when empty or
+/// when it would read as an ssh option.
+pub fn split_ssh_target(target: &str) -> Option<(&str, Option<&str>)> {
+    if target.is_empty() || target.starts_with('-') {
+        return None;
+    }
+    let host_start = target.find('@').map_or(0, |i| i + 1);
+    let host = &target[host_start..];
+    let split = match host.strip_prefix('[') {
+        // [v6] or [v6]:port: the brackets stay for ssh to strip.
+        Some(rest) => rest.find(']').map(|end| host_start + 1 + end + 1),
+        None if host.matches(':').count() == 1 => target.rfind(':'),
+        None => None,
+    };
+    match split {
+        Some(at) if target[at..].starts_with(':') => {
+            let port = &target[at + 1..];
+            (!port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| (&target[..at], Some(port)))
+        }
+        _ => Some((target, None)),
+    }
+}
+
 /// How many D-Bus calls [`Systemd::status_many`] keeps in flight.
 const MAX_PENDING_CALLS: usize = 64;
 
@@ -192,6 +244,47 @@ impl Systemd {
     pub fn system() -> Result<Self, SystemdError> {
         let connection = Connection::system().map_err(|e| SystemdError::NoBus(e.to_string()))?;
         Self::over(connection)
+    }
+
+    /// Connect to systemd on another host as `systemctl -H` does: D-Bus through
+    /// `ssh -xT [-p PORT] -- [USER@]HOST systemd-stdio-bridge`, with ssh's own authentication
+    /// (keys, agent, known_hosts).
+    pub fn over_ssh(target: &str) -> Result<Self, SystemdError> {
+        let remote = |detail: String| SystemdError::Remote {
+            host: target.to_string(),
+            detail,
+        };
+        let (userhost, port) = split_ssh_target(target)
+            .ok_or_else(|| remote("write [user@]host[:port]".to_string()))?;
+        let mut args = vec!["-xT"];
+        if let Some(port) = port {
+            args.extend(["-p", port]);
+        }
+        args.extend(["--", userhost, "systemd-stdio-bridge"]);
+        // Built, not parsed from text: zbus does not unescape unixexec arguments.
+        let transport = zbus::address::transport::Unixexec::new(
+            "ssh".into(),
+            None,
+            args.iter().map(Into::into).collect(),
+        );
+        let address = zbus::Address::from(zbus::address::Transport::Unixexec(transport));
+        let connection = zbus::blocking::connection::Builder::address(address)
+            .and_then(|b| b.build())
+            .map_err(|e| remote(e.to_string()))?;
+        Self::over(connection)
+    }
+
+    /// The names of the loaded `gateway@*.service` units.
+    pub fn gateway_units(&self) -> Result<Vec<String>, SystemdError> {
+        let mut units: Vec<String> = self
+            .manager
+            .list_units_by_patterns(&[], &["gateway@*.service"])
+            .map_err(|e| call_error("list gateway@*.service", e))?
+            .into_iter()
+            .map(|u| u.0)
+            .collect();
+        units.sort();
+        Ok(units)
     }
 
     /// Use an established bus connection (e.g. one tunnelled to another host).
@@ -353,6 +446,23 @@ async fn unit_status(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ssh_targets_split_like_systemctl() {
+        assert_eq!(split_ssh_target("gw2"), Some(("gw2", None)));
+        assert_eq!(
+            split_ssh_target("root@gw2.example.com:2222"),
+            Some(("root@gw2.example.com", Some("2222")))
+        );
+        assert_eq!(
+            split_ssh_target("ops@[::1]:22"),
+            Some(("ops@[::1]", Some("22")))
+        );
+        assert_eq!(split_ssh_target("[fe80::1]"), Some(("[fe80::1]", None)));
+        assert_eq!(split_ssh_target("fe80::1"), Some(("fe80::1", None)));
+        assert_eq!(split_ssh_target("-oProxyCommand=x"), None);
+        assert_eq!(split_ssh_target("gw2:x"), None);
+    }
 
     #[test]
     fn object_paths_match_systemd() {

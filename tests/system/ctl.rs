@@ -356,3 +356,67 @@ pub fn migrate_initd_plan(c: &Container) -> Result<(), Failed> {
     }
     Ok(())
 }
+
+/// `-H user@host[:port]`: the same D-Bus calls on another host through ssh and that host's
+/// systemd-stdio-bridge (here the container's own sshd, reached over its loopback).
+pub fn remote_host_over_ssh(c: &Container) -> Result<(), Failed> {
+    c.ok(&[
+        "sh",
+        "-c",
+        "mkdir -p -m 700 /root/.ssh && rm -f /root/.ssh/id_ed25519* && \
+         ssh-keygen -q -t ed25519 -N '' -f /root/.ssh/id_ed25519 && \
+         cp /root/.ssh/id_ed25519.pub /root/.ssh/authorized_keys && \
+         printf 'Host *\\n  StrictHostKeyChecking accept-new\\n  BatchMode yes\\n' > /root/.ssh/config",
+    ])?;
+    c.ok(&["systemctl", "start", "ssh.service"])?;
+    let _ = ctl(c, &["stop", "group1/server1"]);
+
+    let (code, out, err) = ctl(c, &["-H", "root@127.0.0.1:22", "start", "group1/server1"]);
+    if code != 0 || !out.contains("start group1/server1: done") {
+        return Err(fail(format!(
+            "gatewayctl -H start: exit {code}\n{out}{err}"
+        )));
+    }
+    if c.property(SERVER1, "ActiveState")? != "active" {
+        return Err(fail("-H start returned but the unit is not active".into()));
+    }
+    // Status of all: the other host's loaded gateway units, named from their unit names.
+    let (code, out, err) = ctl(c, &["--host", "root@localhost", "status", "--json"]);
+    let list: serde_json::Value = serde_json::from_str(&out)
+        .map_err(|e| fail(format!("-H status --json: exit {code}: {e}\n{out}{err}")))?;
+    let server1 = list
+        .as_array()
+        .and_then(|l| l.iter().find(|s| s["unit"] == SERVER1))
+        .ok_or_else(|| fail(format!("-H status lacks {SERVER1}: {out}")))?;
+    let local_pid = c.property(SERVER1, "MainPID")?;
+    if server1["group"] != "group1"
+        || server1["instance"] != "server1"
+        || server1["main_pid"].as_u64().map(|p| p.to_string()) != Some(local_pid.clone())
+    {
+        return Err(fail(format!(
+            "-H status of server1 {server1} does not match MainPID {local_pid}"
+        )));
+    }
+    let started = Instant::now();
+    let (code, out, err) = ctl(
+        c,
+        &["-H", "root@localhost", "stop", "gateway@group1-server1"],
+    );
+    if code != 0 || started.elapsed() < Duration::from_millis(2900) {
+        return Err(fail(format!(
+            "-H stop: exit {code} after {:?} (the drain is 3 s)\n{out}{err}",
+            started.elapsed()
+        )));
+    }
+    // Local-only commands say so instead of reading this host's files.
+    let (code, _, err) = ctl(c, &["-H", "root@localhost", "list"]);
+    if code != 2 || !err.contains("works on this host only") {
+        return Err(fail(format!("-H list: exit {code}: {err}")));
+    }
+    // An unreachable host is one clear line, not a stack of D-Bus errors.
+    let (code, _, err) = ctl(c, &["-H", "nobody@127.0.0.1:1", "status"]);
+    if code != 1 || !err.contains("cannot reach systemd on nobody@127.0.0.1:1 over ssh") {
+        return Err(fail(format!("-H to a closed port: exit {code}: {err}")));
+    }
+    Ok(())
+}

@@ -31,6 +31,12 @@ pub fn missing_prerequisite() -> Option<String> {
             ));
         }
     }
+    // gatewayctl -H is tested against the container's own sshd.
+    if !Path::new("/usr/sbin/sshd").exists() || !Path::new("/usr/bin/ssh").exists() {
+        return Some(
+            "ssh or sshd is not installed (apt-get install openssh-server openssh-client)".into(),
+        );
+    }
     if !fs::read_to_string("/proc/filesystems")
         .unwrap_or_default()
         .contains("overlay")

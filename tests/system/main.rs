@@ -359,6 +359,10 @@ fn main() {
         ("compat::startinstance", ctl::startinstance_compatible),
         ("compat::nodemanager", ctl::nodemanager_compatible),
         ("gatewayctl::migrate_initd_plan", ctl::migrate_initd_plan),
+        (
+            "gatewayctl::remote_host_over_ssh",
+            ctl::remote_host_over_ssh,
+        ),
     ];
     let mut trials: Vec<Trial> = shared_tests
         .into_iter()
