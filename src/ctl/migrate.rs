@@ -743,32 +743,56 @@ pub fn apply(systemd: &Systemd, inst: &Installation, root: &Root) -> i32 {
     }
 
     // 5. Start the units that replace what was running, and check they serve.
+    let code = start_what_ran(systemd, &manifest, Side::Units, undo);
+    if code == exit::OK {
+        println!("migrated {} script(s); {undo}", manifest.scripts.len());
+    }
+    code
+}
+
+/// Which side of a migration runs the instances.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    /// The legacy init scripts' units.
+    Legacy,
+    /// Our units.
+    Units,
+}
+
+/// Start, on `side`, what ran before apply (the Node Manager first: it is last in the
+/// manifest); our units must also report that they serve.
+fn start_what_ran(systemd: &Systemd, manifest: &Manifest, side: Side, hint: &str) -> i32 {
     let mut code = exit::OK;
     for saved in manifest.scripts.iter().rev() {
         if !saved.legacy_was_active {
             continue;
         }
-        if let Err(c) = super::run_job_reported(systemd, Verb::Start, &saved.unit) {
-            eprintln!("{} did not start; {undo}", saved.unit);
+        let unit = match side {
+            Side::Legacy => &saved.legacy_unit,
+            Side::Units => &saved.unit,
+        };
+        if let Err(c) = super::run_job_reported(systemd, Verb::Start, unit) {
+            eprintln!("{unit} did not start; {hint}");
             code = c;
             continue;
         }
-        match systemd.status(&saved.unit) {
+        if side == Side::Legacy {
+            println!("started {unit} ({})", saved.what);
+            continue;
+        }
+        match systemd.status(unit) {
             Ok(s) if s.status_text.starts_with("serving") => {
-                println!("started {} ({}): {}", saved.unit, saved.what, s.status_text)
+                println!("started {unit} ({}): {}", saved.what, s.status_text)
             }
             Ok(s) => {
                 eprintln!(
-                    "{} started but is not serving: {} ({}); {undo}",
-                    saved.unit, s.active_state, s.status_text
+                    "{unit} started but is not serving: {} ({}); {hint}",
+                    s.active_state, s.status_text
                 );
                 code = exit::FAILED;
             }
             Err(e) => code = report(&e),
         }
-    }
-    if code == exit::OK {
-        println!("migrated {} script(s); {undo}", manifest.scripts.len());
     }
     code
 }
@@ -913,16 +937,7 @@ pub fn rollback(systemd: &Systemd, root: &Root, from: Option<&Path>) -> i32 {
     }
 
     // 4. Start what ran before the migration (the Node Manager first).
-    let mut code = exit::OK;
-    for saved in manifest.scripts.iter().rev() {
-        if !saved.legacy_was_active {
-            continue;
-        }
-        match super::run_job_reported(systemd, Verb::Start, &saved.legacy_unit) {
-            Ok(()) => println!("started {} ({})", saved.legacy_unit, saved.what),
-            Err(c) => code = c,
-        }
-    }
+    let code = start_what_ran(systemd, &manifest, Side::Legacy, stopped);
     if code == exit::OK {
         println!(
             "rolled back: the scripts are in /etc/init.d again and {} says legacy_initd = true",

@@ -229,6 +229,26 @@ fn at_most_one_copy(seen: &[String], during: &str) -> Result<(), Failed> {
     })
 }
 
+/// Run `migrate-initd STEP` while the watcher counts copies: it must succeed and start `to`,
+/// at most one copy may run at any moment, and systemd must have stopped `from` before it
+/// began starting `to`. Returns the command's output.
+fn hand_over(c: &Container, step: &str, from: &str, to: &str) -> Result<String, Failed> {
+    let watcher = Watcher(c.spawn(&["/usr/local/sbin/watch-copies", DIR]));
+    std::thread::sleep(Duration::from_millis(300));
+    let (code, out) = ctl(c, &["migrate-initd", step]);
+    check(code == 0 && out.contains(&format!("started {to}")), || {
+        format!("migrate-initd {step}: exit {code}\n{out}")
+    })?;
+    let seen = stop_watcher(c, watcher)?;
+    at_most_one_copy(&seen, step)?;
+    let stopped = last_event(c, from, UNIT_STOPPED)?;
+    let started = last_event(c, to, UNIT_STARTING)?;
+    check(stopped < started, || {
+        format!("{to} began starting (journal µs {started}) before {from} stopped (µs {stopped})")
+    })?;
+    Ok(out)
+}
+
 /// apply: legacy service stopped before the unit starts, scripts moved and masked, the unit
 /// serves; a copy outside systemd is refused; rollback: everything back exactly.
 pub fn apply_and_rollback_never_run_two_copies() -> Result<(), Failed> {
@@ -277,21 +297,9 @@ pub fn apply_and_rollback_never_run_two_copies() -> Result<(), Failed> {
         format!("{LEGACY} is {load}/{active}, expected masked while still active")
     })?;
 
-    let watcher = Watcher(c.spawn(&["/usr/local/sbin/watch-copies", DIR]));
-    std::thread::sleep(Duration::from_millis(300));
-    let (code, out) = ctl(&c, &["migrate-initd", "--apply"]);
-    check(
-        code == 0
-            && out.contains(&format!("stopped {LEGACY}"))
-            && out.contains(&format!("started {UNIT}")),
-        || format!("migrate-initd --apply: exit {code}\n{out}"),
-    )?;
-    let seen = stop_watcher(&c, watcher)?;
-    at_most_one_copy(&seen, "apply")?;
-    let legacy_stopped = last_event(&c, LEGACY, UNIT_STOPPED)?;
-    let unit_started = last_event(&c, UNIT, UNIT_STARTING)?;
-    check(legacy_stopped < unit_started, || {
-        format!("{UNIT} began starting (journal µs {unit_started}) before {LEGACY} stopped (µs {legacy_stopped})")
+    let out = hand_over(&c, "--apply", LEGACY, UNIT)?;
+    check(out.contains(&format!("stopped {LEGACY}")), || {
+        format!("apply did not say it stopped {LEGACY}:\n{out}")
     })?;
     check(!served_by_legacy(&c)?, || {
         "after apply server1 is still served by the legacy copy".into()
@@ -323,20 +331,7 @@ pub fn apply_and_rollback_never_run_two_copies() -> Result<(), Failed> {
         || format!("{LEGACY} could be started after apply"),
     )?;
 
-    let watcher = Watcher(c.spawn(&["/usr/local/sbin/watch-copies", DIR]));
-    std::thread::sleep(Duration::from_millis(300));
-    let (code, out) = ctl(&c, &["migrate-initd", "--rollback"]);
-    check(
-        code == 0 && out.contains(&format!("started {LEGACY}")),
-        || format!("migrate-initd --rollback: exit {code}\n{out}"),
-    )?;
-    let seen = stop_watcher(&c, watcher)?;
-    at_most_one_copy(&seen, "rollback")?;
-    let unit_stopped = last_event(&c, UNIT, UNIT_STOPPED)?;
-    let legacy_started = last_event(&c, LEGACY, UNIT_STARTING)?;
-    check(unit_stopped < legacy_started, || {
-        format!("{LEGACY} began starting (journal µs {legacy_started}) before {UNIT} stopped (µs {unit_stopped})")
-    })?;
+    hand_over(&c, "--rollback", UNIT, LEGACY)?;
     let after = snapshot(&c)?;
     check(after == before, || {
         format!("rollback did not restore the scripts exactly:\nbefore:\n{before}\nafter:\n{after}")
