@@ -181,7 +181,12 @@ pub struct Manifest {
 pub fn rc_links(root: &Root, name: &str) -> Vec<RcLink> {
     let mut links = Vec::new();
     for dir in RC_DIRS {
-        let Ok(entries) = fs::read_dir(root.real(Path::new(dir))) else {
+        let real = root.real(Path::new(dir));
+        // Red Hat's /etc/rcN.d are links to /etc/rc.d/rcN.d: read each directory once.
+        if fs::symlink_metadata(&real).is_ok_and(|m| m.file_type().is_symlink()) {
+            continue;
+        }
+        let Ok(entries) = fs::read_dir(&real) else {
             continue;
         };
         for e in entries.filter_map(Result::ok) {
@@ -981,6 +986,11 @@ mod tests {
         std::os::unix::fs::symlink("../init.d/vshell-g-i", rc2.join("S20vshell-g-i")).unwrap();
         std::os::unix::fs::symlink("/etc/init.d/vshell-g-i", rc0.join("K01vshell-g-i")).unwrap();
         std::os::unix::fs::symlink("../init.d/other", rc2.join("S20other")).unwrap();
+        // Red Hat's layout: /etc/rc3.d -> rc.d/rc3.d; the link is one link, not two.
+        let rc3 = dir.path().join("etc/rc.d/rc3.d");
+        fs::create_dir_all(&rc3).unwrap();
+        std::os::unix::fs::symlink("rc.d/rc3.d", dir.path().join("etc/rc3.d")).unwrap();
+        std::os::unix::fs::symlink("../init.d/vshell-g-i", rc3.join("S20vshell-g-i")).unwrap();
         // SAFETY: getuid/getgid cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         set_link_meta(&rc2.join("S20vshell-g-i"), uid, gid, (1_500_000_000, 5)).unwrap();
@@ -1009,6 +1019,7 @@ mod tests {
         assert_eq!(
             links,
             [
+                ("/etc/rc.d/rc3.d/S20vshell-g-i", "../init.d/vshell-g-i"),
                 ("/etc/rc0.d/K01vshell-g-i", "/etc/init.d/vshell-g-i"),
                 ("/etc/rc2.d/S20vshell-g-i", "../init.d/vshell-g-i")
             ]
