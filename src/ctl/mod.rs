@@ -209,7 +209,7 @@ impl Named {
         Ok(Named {
             group,
             instance,
-            unit: format!("gateway@{s}.service"),
+            unit: name::unit_of_instance_string(&s),
         })
     }
 

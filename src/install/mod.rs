@@ -381,7 +381,7 @@ pub struct Instance {
 impl Instance {
     /// `gateway@<instance string>.service`.
     pub fn unit(&self) -> String {
-        format!("gateway@{}.service", self.instance_string)
+        crate::units::name::unit_of_instance_string(&self.instance_string)
     }
 }
 

@@ -90,10 +90,12 @@ pub fn instance_string(group: &str, instance: &str) -> Result<String, NameError>
 
 /// The unit name of a group/instance pair, e.g. `gateway@group1-server1.service`.
 pub fn instance_unit(group: &str, instance: &str) -> Result<String, NameError> {
-    Ok(format!(
-        "gateway@{}.service",
-        instance_string(group, instance)?
-    ))
+    Ok(unit_of_instance_string(&instance_string(group, instance)?))
+}
+
+/// The unit of an instance string: `group1-server1` -> `gateway@group1-server1.service`.
+pub fn unit_of_instance_string(instance_string: &str) -> String {
+    format!("gateway@{instance_string}.service")
 }
 
 /// Split an instance string (what `%i` expands to) back into (group, instance) names.
