@@ -107,12 +107,8 @@ pub fn plan(root: &Root) -> Plan {
                 let (what, _) = target.describe(&installation);
                 match script.sysv_unit() {
                     Some(unit) => {
-                        let settings = match target {
-                            initd::Target::Instance(k) => &installation.instances[k].settings,
-                            initd::Target::NodeManager => match &installation.node_manager {
-                                Some(nm) => &nm.settings,
-                                None => continue,
-                            },
+                        let Some(settings) = target.settings(&installation) else {
+                            continue;
                         };
                         let mask = !settings.legacy_initd;
                         if mask {

@@ -74,6 +74,14 @@ pub enum Target {
 }
 
 impl Target {
+    /// The settings of what the script starts (None for a Node Manager this host lacks).
+    pub fn settings(self, inst: &Installation) -> Option<&crate::install::InstanceSettings> {
+        match self {
+            Target::Instance(k) => inst.instances.get(k).map(|i| &i.settings),
+            Target::NodeManager => inst.node_manager.as_ref().map(|nm| &nm.settings),
+        }
+    }
+
     /// The operator's name of what the script starts (`group1/server1`, `the Node Manager`)
     /// and the unit that replaces it.
     pub fn describe(self, inst: &Installation) -> (String, String) {

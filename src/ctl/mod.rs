@@ -408,13 +408,7 @@ fn print_migration_plan(inst: &Installation, root: &Root) {
         match lookup.map(script) {
             crate::initd::Mapping::Mapped { target, rule } => {
                 let (who, unit) = target.describe(inst);
-                let left_to_script = match target {
-                    crate::initd::Target::Instance(k) => inst.instances[k].settings.legacy_initd,
-                    crate::initd::Target::NodeManager => inst
-                        .node_manager
-                        .as_ref()
-                        .is_some_and(|nm| nm.settings.legacy_initd),
-                };
+                let left_to_script = target.settings(inst).is_some_and(|s| s.legacy_initd);
                 let fate = match (&legacy, left_to_script) {
                     (None, _) => "its name cannot be a unit name, so it is left alone; rename it to vshell-<group>-<instance>".to_string(),
                     (Some(l), true) => format!("{l} stays usable (legacy_initd = true); --apply moves it"),
