@@ -213,6 +213,14 @@ impl Named {
         })
     }
 
+    /// The unit's instance string (`group1-server1`).
+    pub fn instance_string(&self) -> &str {
+        self.unit
+            .strip_prefix("gateway@")
+            .and_then(|s| s.strip_suffix(".service"))
+            .unwrap_or(&self.unit)
+    }
+
     /// `group/instance`.
     pub fn shown(&self) -> String {
         format!("{}/{}", self.group, self.instance)
@@ -237,6 +245,18 @@ impl Scope<'_> {
                     eprintln!("gatewayctl: {e}");
                     denied_or_failed(&e)
                 }),
+        }
+    }
+
+    /// The load balancers' rise count for an instance, when this host's config is at hand.
+    fn lb_rise(&self, named: &Named) -> Option<u32> {
+        match self {
+            Scope::Local(inst) => inst
+                .instances
+                .iter()
+                .find(|i| i.instance_string == named.instance_string())
+                .map(|i| i.settings.lb_rise),
+            Scope::Remote(_) => None,
         }
     }
 
@@ -345,7 +365,7 @@ pub fn main(cli: Cli) -> i32 {
             resolve(instances).map(|c| jobs(&systemd, Verb::Restart, &c))
         }
         Command::RollingRestart { targets } => {
-            rolling_targets(&scope, targets).map(|c| rolling_restart(&systemd, &c))
+            rolling_targets(&scope, targets).map(|c| rolling_restart(&systemd, &scope, &c))
         }
         Command::Enable { instances } => resolve(instances).map(|c| enable(&systemd, &c, true)),
         Command::Disable { instances } => resolve(instances).map(|c| enable(&systemd, &c, false)),
@@ -607,11 +627,31 @@ fn rolling_targets(scope: &Scope, targets: &[String]) -> Result<Vec<Named>, i32>
 /// the health check; this covers the launcher's state catching up).
 const SERVING_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn rolling_restart(systemd: &Systemd, chosen: &[Named]) -> i32 {
+/// A poller counts as one of the instance's load balancers if it polled this recently.
+const RECENT_POLL_MS: u64 = 30_000;
+/// How long the balancers may take to put a restarted instance back into their pools.
+const LB_RISE_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn rolling_restart(systemd: &Systemd, scope: &Scope, chosen: &[Named]) -> i32 {
     let n = chosen.len();
+    if matches!(scope, Scope::Remote(_)) {
+        println!("note: with -H the launchers' load balancer records are out of reach; each instance counts as back once it serves");
+    }
     for (k, i) in chosen.iter().enumerate() {
         let unit = &i.unit;
         let who = format!("[{}/{n}] {}", k + 1, i.shown());
+        // The balancers that poll it now must take it back before the next one goes out;
+        // the restarted launcher starts with no record of them.
+        let socket = drain::control_socket(i.instance_string());
+        let balancers: Vec<drain::Poller> = match scope.lb_rise(i) {
+            Some(_) => drain::status(&socket)
+                .map(|s| s.pollers)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|p| p.last_ms_ago <= RECENT_POLL_MS)
+                .collect(),
+            None => Vec::new(),
+        };
         println!("{who}: draining and restarting");
         let started = Instant::now();
         if let Err(code) = run_job_reported(systemd, Verb::Restart, unit) {
@@ -641,8 +681,54 @@ fn rolling_restart(systemd: &Systemd, chosen: &[Named]) -> i32 {
             "{who}: serving again after {:.1}s",
             started.elapsed().as_secs_f64()
         );
+        if let (Some(rise), false) = (scope.lb_rise(i), balancers.is_empty()) {
+            if let Err(missing) = wait_for_balancers(&socket, &balancers, rise) {
+                eprintln!("{who}: after {LB_RISE_TIMEOUT:?} these load balancers have not seen it pass {rise} checks in a row: {missing}; rolling restart stopped here (check them, or lb_rise in /etc/gateway-systemd/gateway.toml)");
+                return exit::FAILED;
+            }
+            println!(
+                "{who}: back in the pool of {} load balancer(s) ({rise} passing checks each) after {:.1}s",
+                balancers.len(),
+                started.elapsed().as_secs_f64()
+            );
+        }
     }
     exit::OK
+}
+
+/// Wait until each of `balancers` has seen `rise` 200s in a row from the restarted launcher;
+/// Err lists those that have not, after [`LB_RISE_TIMEOUT`].
+fn wait_for_balancers(
+    socket: &std::path::Path,
+    balancers: &[drain::Poller],
+    rise: u32,
+) -> Result<(), String> {
+    let started = Instant::now();
+    loop {
+        let now = drain::status(socket).map(|s| s.pollers).unwrap_or_default();
+        let missing: Vec<String> = balancers
+            .iter()
+            .filter(|b| {
+                !now.iter().any(|p| {
+                    p.address == b.address
+                        && p.agent == b.agent
+                        && p.streak_code == 200
+                        && p.streak >= rise
+                })
+            })
+            .map(|b| match b.agent.as_str() {
+                "" => b.address.to_string(),
+                agent => format!("{} ({agent})", b.address),
+            })
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if started.elapsed() > LB_RISE_TIMEOUT {
+            return Err(missing.join(", "));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn nodemanager(systemd: &Systemd, action: &str) -> i32 {

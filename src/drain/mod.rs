@@ -125,9 +125,37 @@ pub fn request(
     }
 }
 
-/// Ask the launcher behind `socket` for its state word (`starting`, `serving`, `unhealthy`,
-/// `draining`, `stopping`).
-pub fn state(socket: &Path) -> Result<String, DrainError> {
+/// A load balancer polling the instance's LB health endpoint, as the launcher saw it: one per
+/// source address and User-Agent (a balancer and a curl on one host stay apart).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Poller {
+    /// Where its polls come from.
+    pub address: std::net::IpAddr,
+    /// Its User-Agent header ("" when it sends none, as HAProxy's httpchk).
+    pub agent: String,
+    /// The status the launcher answered its last polls with (200 or 503).
+    pub streak_code: u16,
+    /// How many polls in a row got that status.
+    pub streak: u32,
+    /// Polls since the launcher started.
+    pub polls: u64,
+    /// Milliseconds since its last poll.
+    pub last_ms_ago: u64,
+}
+
+/// What the launcher says of itself: its state word (`starting`, `serving`, `unhealthy`,
+/// `draining`, `stopping`) and who polls its LB endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LauncherStatus {
+    /// The state word.
+    pub state: String,
+    /// The load balancers polling it.
+    #[serde(default)]
+    pub pollers: Vec<Poller>,
+}
+
+/// Ask the launcher behind `socket` for its status.
+pub fn status(socket: &Path) -> Result<LauncherStatus, DrainError> {
     let io_err = |source: io::Error| DrainError::from_io(socket, source);
     let mut stream = UnixStream::connect(socket).map_err(io_err)?;
     stream.write_all(b"status\n").map_err(io_err)?;
@@ -135,11 +163,8 @@ pub fn state(socket: &Path) -> Result<String, DrainError> {
     BufReader::new(stream)
         .read_line(&mut line)
         .map_err(io_err)?;
-    serde_json::from_str::<serde_json::Value>(&line)
-        .ok()
-        .and_then(|v| v["state"].as_str().map(str::to_string))
-        .ok_or_else(|| DrainError::Protocol {
-            socket: socket.to_path_buf(),
-            answer: line.trim().to_string(),
-        })
+    serde_json::from_str(&line).map_err(|_| DrainError::Protocol {
+        socket: socket.to_path_buf(),
+        answer: line.trim().to_string(),
+    })
 }

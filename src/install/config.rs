@@ -45,6 +45,9 @@ pub struct SettingsPatch {
     /// Leave the instance to its `/etc/init.d/vshell-*` script: its legacy unit is not masked
     /// and gateway.target does not start it (`gatewayctl migrate-initd --rollback` sets this).
     pub legacy_initd: Option<bool>,
+    /// How many passing checks in a row the load balancers need to take the instance back
+    /// (HAProxy's `rise`): rolling-restart waits until each balancer that polled it saw as many.
+    pub lb_rise: Option<u32>,
 }
 
 impl SettingsPatch {
@@ -68,7 +71,8 @@ impl SettingsPatch {
             lb_health_path,
             ask_passphrase,
             after_nodemanager,
-            legacy_initd
+            legacy_initd,
+            lb_rise
         );
     }
 }

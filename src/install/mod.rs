@@ -339,6 +339,8 @@ pub struct InstanceSettings {
     pub after_nodemanager: bool,
     /// Still started by its legacy init script (never by gateway.target; not masked).
     pub legacy_initd: bool,
+    /// Passing checks in a row the load balancers need to take the instance back.
+    pub lb_rise: u32,
 }
 
 /// The longest a start may go without progress: systemd's `TimeoutStartSec=`, which the
@@ -857,8 +859,12 @@ pub fn builtin_defaults() -> SettingsPatch {
         ask_passphrase: Some(false),
         after_nodemanager: Some(false),
         legacy_initd: Some(false),
+        lb_rise: Some(DEFAULT_LB_RISE),
     }
 }
+
+/// HAProxy's default `rise`: passing checks in a row before a server is back in the pool.
+pub const DEFAULT_LB_RISE: u32 = 2;
 
 /// The path of the vendor's Health Check LB policy, which load balancers already poll.
 pub const DEFAULT_LB_HEALTH_PATH: &str = "/healthchecklb";
@@ -953,6 +959,12 @@ fn settle(
         )));
     }
     let legacy_initd = patch.legacy_initd.unwrap_or(false);
+    let lb_rise = patch.lb_rise.unwrap_or(DEFAULT_LB_RISE);
+    if !(1..=100).contains(&lb_rise) {
+        return Err(bad(format!(
+            "{key}: lb_rise {lb_rise} must be between 1 and 100 (your load balancer's rise count)"
+        )));
+    }
     Ok(InstanceSettings {
         lb_health_listen,
         lb_health_path,
@@ -961,6 +973,7 @@ fn settle(
         // An instance its init script still starts must not be started by gateway.target too.
         autostart: patch.autostart.unwrap_or(true) && !legacy_initd,
         legacy_initd,
+        lb_rise,
         health_url,
         drain_delay,
         stop_grace,

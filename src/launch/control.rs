@@ -78,9 +78,12 @@ fn handle(stream: UnixStream, drain_delay: Duration, shared: &Shared) {
             }
         }
         "status" => {
-            let _ = out.write_all(
-                format!("{}\n", serde_json::json!({"state": shared.phase().word()})).as_bytes(),
-            );
+            let status = crate::drain::LauncherStatus {
+                state: shared.phase().word().to_string(),
+                pollers: shared.pollers(),
+            };
+            let text = serde_json::to_string(&status).unwrap_or_default();
+            let _ = out.write_all(format!("{text}\n").as_bytes());
         }
         other => {
             let _ = out.write_all(format!("unknown request {other:?}\n").as_bytes());

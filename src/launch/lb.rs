@@ -25,6 +25,15 @@ pub fn serve(
                 let response = if url_path == path {
                     let phase = shared.phase();
                     let code = if phase.takes_traffic() { 200 } else { 503 };
+                    if let Some(peer) = request.remote_addr() {
+                        let agent = request
+                            .headers()
+                            .iter()
+                            .find(|h| h.field.equiv("User-Agent"))
+                            .map(|h| h.value.as_str())
+                            .unwrap_or("");
+                        shared.record_poll(peer.ip(), agent, code);
+                    }
                     let body = serde_json::json!({"state": phase.word(), "instance": name})
                         .to_string()
                         + "\n";

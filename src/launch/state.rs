@@ -1,8 +1,23 @@
 //! The instance's serving state, shared by the health loop, the LB endpoint and the control
 //! socket.
 
+use crate::drain::Poller;
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
+
+/// How many distinct pollers are remembered; beyond it the longest silent one is forgotten
+/// (a port scan must not grow the launcher).
+const MAX_POLLERS: usize = 64;
+
+/// One poller's record.
+struct PollRecord {
+    streak_code: u16,
+    streak: u32,
+    polls: u64,
+    last: Instant,
+}
 
 /// Where the instance is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,10 +55,12 @@ impl Phase {
     }
 }
 
-/// The shared state: a phase and a condition variable for those waiting on it.
+/// The shared state: a phase and a condition variable for those waiting on it, and the load
+/// balancers seen polling.
 pub struct Shared {
     phase: Mutex<Phase>,
     changed: Condvar,
+    pollers: Mutex<HashMap<(IpAddr, String), PollRecord>>,
 }
 
 impl Default for Shared {
@@ -51,11 +68,59 @@ impl Default for Shared {
         Shared {
             phase: Mutex::new(Phase::Starting),
             changed: Condvar::new(),
+            pollers: Mutex::new(HashMap::new()),
         }
     }
 }
 
 impl Shared {
+    /// Note that `address` (with User-Agent `agent`) polled the LB endpoint and got `code`.
+    pub fn record_poll(&self, address: IpAddr, agent: &str, code: u16) {
+        let mut pollers = self.pollers.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let key = (address, agent.chars().take(64).collect::<String>());
+        if !pollers.contains_key(&key) && pollers.len() >= MAX_POLLERS {
+            if let Some(oldest) = pollers
+                .iter()
+                .min_by_key(|(_, r)| r.last)
+                .map(|(k, _)| k.clone())
+            {
+                pollers.remove(&oldest);
+            }
+        }
+        let r = pollers.entry(key).or_insert(PollRecord {
+            streak_code: code,
+            streak: 0,
+            polls: 0,
+            last: now,
+        });
+        if r.streak_code != code {
+            r.streak_code = code;
+            r.streak = 0;
+        }
+        r.streak = r.streak.saturating_add(1);
+        r.polls += 1;
+        r.last = now;
+    }
+
+    /// The pollers seen, most recent first.
+    pub fn pollers(&self) -> Vec<Poller> {
+        let pollers = self.pollers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut list: Vec<Poller> = pollers
+            .iter()
+            .map(|((address, agent), r)| Poller {
+                address: *address,
+                agent: agent.clone(),
+                streak_code: r.streak_code,
+                streak: r.streak,
+                polls: r.polls,
+                last_ms_ago: r.last.elapsed().as_millis() as u64,
+            })
+            .collect();
+        list.sort_by_key(|p| p.last_ms_ago);
+        list
+    }
+
     /// The current phase.
     pub fn phase(&self) -> Phase {
         *self.phase.lock().unwrap_or_else(|e| e.into_inner())
@@ -109,6 +174,28 @@ impl Shared {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pollers_keep_streaks_per_address_and_agent() {
+        let s = Shared::default();
+        let lb: IpAddr = "10.0.0.5".parse().unwrap();
+        for code in [503, 503, 200, 200, 200] {
+            s.record_poll(lb, "", code);
+        }
+        s.record_poll(lb, "curl/7.88", 503);
+        let list = s.pollers();
+        let haproxy = list.iter().find(|p| p.agent.is_empty()).unwrap();
+        assert_eq!(
+            (haproxy.streak_code, haproxy.streak, haproxy.polls),
+            (200, 3, 5)
+        );
+        let curl = list.iter().find(|p| p.agent == "curl/7.88").unwrap();
+        assert_eq!((curl.streak_code, curl.streak), (503, 1));
+        for i in 0..200u8 {
+            s.record_poll(IpAddr::from([10, 1, 0, i]), "", 200);
+        }
+        assert_eq!(s.pollers().len(), MAX_POLLERS);
+    }
 
     #[test]
     fn a_second_drain_joins_the_first() {

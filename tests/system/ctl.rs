@@ -420,3 +420,173 @@ pub fn remote_host_over_ssh(c: &Container) -> Result<(), Failed> {
     }
     Ok(())
 }
+
+/// HAProxy checking group1's LB endpoints: slow to take a server back (rise 5), quick to drop
+/// it (fall 2), as the DESIGN's warning case.
+const HAPROXY_CFG: &str = "\
+global
+  log stdout format raw local0 notice
+defaults
+  mode http
+  timeout connect 1s
+  timeout client 5s
+  timeout server 5s
+frontend group1
+  bind 127.0.0.1:8000
+  default_backend group1
+backend group1
+  option httpchk GET /healthchecklb
+  default-server inter 200ms fall 2 rise 5
+  server server1 127.0.0.1:8080 check port 18085
+  server server2 127.0.0.1:8081 check port 18086
+  server server3 127.0.0.1:8083 check port 18088
+listen stats
+  bind 127.0.0.1:9000
+  stats enable
+  stats uri /stats
+";
+
+/// HAProxy's own view: for server1..3, whether each is in its pool (status UP, including
+/// "UP 1/2" while it counts failures; not DOWN, "DOWN 1/5", MAINT or NOLB).
+fn haproxy_pool(c: &Container) -> Option<[bool; 3]> {
+    let out = c.exec(&[
+        "curl",
+        "-s",
+        "--max-time",
+        "2",
+        "http://127.0.0.1:9000/stats;csv",
+    ]);
+    let csv = String::from_utf8_lossy(&out.stdout);
+    let mut pool = [None; 3];
+    for line in csv.lines() {
+        let f: Vec<&str> = line.split(',').collect();
+        if f.len() > 17 && f[0] == "group1" {
+            if let Some(k) = ["server1", "server2", "server3"]
+                .iter()
+                .position(|s| *s == f[1])
+            {
+                pool[k] = Some(f[17].starts_with("UP"));
+            }
+        }
+    }
+    Some([pool[0]?, pool[1]?, pool[2]?])
+}
+
+/// Run a rolling restart of group1 while sampling HAProxy's pool; returns (exit status,
+/// output, samples).
+fn rolling_restart_under_haproxy(c: &Container) -> Result<(bool, String, Vec<[bool; 3]>), Failed> {
+    let mut run = c.spawn(&["gatewayctl", "rolling-restart", "group1"]);
+    let mut samples = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while run.try_wait()?.is_none() && Instant::now() < deadline {
+        if let Some(p) = haproxy_pool(c) {
+            samples.push(p);
+        }
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    // Let HAProxy settle on the last one too.
+    let settle = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < settle {
+        match haproxy_pool(c) {
+            Some(p) if p == [true; 3] => break,
+            Some(p) => samples.push(p),
+            None => {}
+        }
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    let status = run.wait()?;
+    let mut out = String::new();
+    if let Some(mut o) = run.stdout.take() {
+        std::io::Read::read_to_string(&mut o, &mut out)?;
+    }
+    if let Some(mut e) = run.stderr.take() {
+        std::io::Read::read_to_string(&mut e, &mut out)?;
+    }
+    Ok((status.success(), out, samples))
+}
+
+fn most_out_at_once(samples: &[[bool; 3]]) -> usize {
+    samples
+        .iter()
+        .map(|s| s.iter().filter(|up| !**up).count())
+        .max()
+        .unwrap_or(0)
+}
+
+/// The DESIGN's case: systemd says an instance is up before a slow-rising balancer routes to
+/// it again. With lb_rise matching HAProxy's rise, rolling-restart waits, and HAProxy itself
+/// never has two servers out; with lb_rise too low (1), the same run shows two out at once.
+pub fn rolling_restart_waits_for_the_load_balancer(c: &Container) -> Result<(), Failed> {
+    let cfg = c.root().join("etc/haproxy/gateway-test.cfg");
+    fs::create_dir_all(cfg.parent().unwrap())?;
+    fs::write(&cfg, HAPROXY_CFG)?;
+    let config = c
+        .root()
+        .join("etc/gateway-systemd/gateway.toml.d/70-lb-rise.toml");
+    fs::create_dir_all(config.parent().unwrap())?;
+    for unit in [SERVER1, SERVER2, SERVER3] {
+        c.ok(&["systemctl", "start", unit])?;
+    }
+    c.ok(&[
+        "systemd-run",
+        "--unit=haproxy-gateway-test",
+        "haproxy",
+        "-db",
+        "-f",
+        "/etc/haproxy/gateway-test.cfg",
+    ])?;
+    let result = (|| -> Result<(), Failed> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while haproxy_pool(c) != Some([true; 3]) {
+            if Instant::now() > deadline {
+                return Err(fail(format!(
+                    "HAProxy never saw all three servers up: {:?}",
+                    haproxy_pool(c)
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+
+        fs::write(&config, "[defaults]\nlb_rise = 5\n")?;
+        let (ok, out, samples) = rolling_restart_under_haproxy(c)?;
+        if !ok || !out.contains("[3/3] group1/server3: back in the pool of 1 load balancer(s)") {
+            return Err(fail(format!("rolling-restart with lb_rise = 5:\n{out}")));
+        }
+        let most = most_out_at_once(&samples);
+        if most > 1 {
+            return Err(fail(format!(
+                "HAProxy had {most} servers out at once although lb_rise matches its rise:\n{out}"
+            )));
+        }
+        for k in 0..3 {
+            if samples.iter().all(|s| s[k]) {
+                return Err(fail(format!(
+                    "HAProxy never took server{} out: the test saw nothing ({} samples)",
+                    k + 1,
+                    samples.len()
+                )));
+            }
+        }
+
+        // The control: a balancer slower than gatewayctl assumes gets two out at once.
+        fs::write(&config, "[defaults]\nlb_rise = 1\n")?;
+        let (ok, out, samples) = rolling_restart_under_haproxy(c)?;
+        if !ok {
+            return Err(fail(format!("rolling-restart with lb_rise = 1:\n{out}")));
+        }
+        let most = most_out_at_once(&samples);
+        if most < 2 {
+            return Err(fail(format!(
+                "with lb_rise = 1 (HAProxy needs 5) two servers should have been out at once, \
+                 but at most {most} was: the sampling cannot see what this test claims"
+            )));
+        }
+        Ok(())
+    })();
+    let _ = fs::remove_file(&config);
+    let _ = c.exec(&["systemctl", "stop", "haproxy-gateway-test"]);
+    for unit in [SERVER1, SERVER2, SERVER3] {
+        let _ = c.exec(&["systemctl", "stop", unit]);
+    }
+    result
+}

@@ -31,11 +31,14 @@ pub fn missing_prerequisite() -> Option<String> {
             ));
         }
     }
-    // gatewayctl -H is tested against the container's own sshd.
+    // gatewayctl -H is tested against the container's own sshd, rolling restarts under HAProxy.
     if !Path::new("/usr/sbin/sshd").exists() || !Path::new("/usr/bin/ssh").exists() {
         return Some(
             "ssh or sshd is not installed (apt-get install openssh-server openssh-client)".into(),
         );
+    }
+    if !Path::new("/usr/sbin/haproxy").exists() {
+        return Some("haproxy is not installed (apt-get install haproxy)".into());
     }
     if !fs::read_to_string("/proc/filesystems")
         .unwrap_or_default()

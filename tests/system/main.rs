@@ -356,6 +356,10 @@ fn main() {
             "gatewayctl::rolling_restart_takes_one_out_at_a_time",
             ctl::rolling_restart_takes_one_out_at_a_time,
         ),
+        (
+            "gatewayctl::rolling_restart_waits_for_the_load_balancer",
+            ctl::rolling_restart_waits_for_the_load_balancer,
+        ),
         ("compat::startinstance", ctl::startinstance_compatible),
         ("compat::nodemanager", ctl::nodemanager_compatible),
         ("gatewayctl::migrate_initd_plan", ctl::migrate_initd_plan),
