@@ -48,6 +48,13 @@ pub struct SettingsPatch {
     /// How many passing checks in a row the load balancers need to take the instance back
     /// (HAProxy's `rise`): rolling-restart waits until each balancer that polled it saw as many.
     pub lb_rise: Option<u32>,
+    /// `fixed`: the LB endpoint answers 503 for the whole drain delay. `adaptive`: the drain
+    /// ends once every load balancer polling the instance got `lb_fall` 503s in a row (at most
+    /// the drain delay).
+    pub drain_mode: Option<String>,
+    /// How many failed checks in a row the load balancers need to take the instance out
+    /// (HAProxy's `fall`), for the adaptive drain.
+    pub lb_fall: Option<u32>,
 }
 
 impl SettingsPatch {
@@ -72,7 +79,9 @@ impl SettingsPatch {
             ask_passphrase,
             after_nodemanager,
             legacy_initd,
-            lb_rise
+            lb_rise,
+            drain_mode,
+            lb_fall
         );
     }
 }

@@ -341,6 +341,8 @@ pub struct InstanceSettings {
     pub legacy_initd: bool,
     /// Passing checks in a row the load balancers need to take the instance back.
     pub lb_rise: u32,
+    /// Adaptive drain: end it once every poller got this many 503s in a row (None = fixed).
+    pub adaptive_drain_fall: Option<u32>,
 }
 
 /// The longest a start may go without progress: systemd's `TimeoutStartSec=`, which the
@@ -860,11 +862,15 @@ pub fn builtin_defaults() -> SettingsPatch {
         after_nodemanager: Some(false),
         legacy_initd: Some(false),
         lb_rise: Some(DEFAULT_LB_RISE),
+        drain_mode: Some("fixed".into()),
+        lb_fall: Some(DEFAULT_LB_FALL),
     }
 }
 
 /// HAProxy's default `rise`: passing checks in a row before a server is back in the pool.
 pub const DEFAULT_LB_RISE: u32 = 2;
+/// HAProxy's default `fall`: failed checks in a row before a server leaves the pool.
+pub const DEFAULT_LB_FALL: u32 = 3;
 
 /// The path of the vendor's Health Check LB policy, which load balancers already poll.
 pub const DEFAULT_LB_HEALTH_PATH: &str = "/healthchecklb";
@@ -960,11 +966,23 @@ fn settle(
     }
     let legacy_initd = patch.legacy_initd.unwrap_or(false);
     let lb_rise = patch.lb_rise.unwrap_or(DEFAULT_LB_RISE);
-    if !(1..=100).contains(&lb_rise) {
-        return Err(bad(format!(
-            "{key}: lb_rise {lb_rise} must be between 1 and 100 (your load balancer's rise count)"
-        )));
+    let lb_fall = patch.lb_fall.unwrap_or(DEFAULT_LB_FALL);
+    for (what, count) in [("lb_rise", lb_rise), ("lb_fall", lb_fall)] {
+        if !(1..=100).contains(&count) {
+            return Err(bad(format!(
+                "{key}: {what} {count} must be between 1 and 100 (your load balancer's count)"
+            )));
+        }
     }
+    let adaptive_drain_fall = match patch.drain_mode.as_deref().unwrap_or("fixed") {
+        "fixed" => None,
+        "adaptive" => Some(lb_fall),
+        other => {
+            return Err(bad(format!(
+                "{key}: drain_mode {other:?} is neither \"fixed\" nor \"adaptive\""
+            )))
+        }
+    };
     Ok(InstanceSettings {
         lb_health_listen,
         lb_health_path,
@@ -974,6 +992,7 @@ fn settle(
         autostart: patch.autostart.unwrap_or(true) && !legacy_initd,
         legacy_initd,
         lb_rise,
+        adaptive_drain_fall,
         health_url,
         drain_delay,
         stop_grace,

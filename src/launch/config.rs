@@ -71,6 +71,8 @@ pub struct LaunchConfig {
     pub health_url: String,
     /// How long the LB endpoint answers 503 before stop.
     pub drain_delay: Duration,
+    /// Adaptive drain: end it once every poller got this many 503s in a row.
+    pub drain_fall: Option<u32>,
     /// Upper bound of a start that keeps making progress.
     pub start_timeout: Duration,
     /// Watchdog interval systemd expects pings in, if enabled.
@@ -218,6 +220,9 @@ impl LaunchConfig {
             work_dir,
             health_url,
             drain_delay: span("GATEWAY_DRAIN_DELAY", TimeSpan::secs(10))?,
+            drain_fall: get("GATEWAY_DRAIN_FALL")
+                .and_then(|v| v.parse().ok())
+                .filter(|&n: &u32| n >= 1),
             start_timeout: span("GATEWAY_START_TIMEOUT", TimeSpan::secs(300))?,
             watchdog,
             lb_listen,

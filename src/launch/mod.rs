@@ -281,11 +281,13 @@ fn run(config: LaunchConfig, handled: SigSet) -> i32 {
     let shared = Arc::new(Shared::default());
     match &config.runtime_dir {
         Some(dir) => {
-            if let Err(e) = control::serve(
-                &dir.join(crate::drain::SOCKET_NAME),
-                config.drain_delay,
-                shared.clone(),
-            ) {
+            let policy = control::DrainPolicy {
+                delay: config.drain_delay,
+                fall: config.drain_fall,
+            };
+            if let Err(e) =
+                control::serve(&dir.join(crate::drain::SOCKET_NAME), policy, shared.clone())
+            {
                 tracing::error!("cannot open the control socket in {}: {e}; `gatewayctl drain` will not reach this instance", dir.display());
             }
         }

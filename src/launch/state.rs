@@ -150,21 +150,34 @@ impl Shared {
         }
     }
 
-    /// Block until `deadline`, or earlier if the instance starts stopping. True when the
-    /// deadline was reached.
-    pub fn wait_until(&self, deadline: Instant) -> bool {
+    /// End the drain in progress now: every load balancer has taken the instance out.
+    pub fn end_drain_now(&self) {
+        let mut p = self.phase.lock().unwrap_or_else(|e| e.into_inner());
+        if let Phase::Draining { .. } = *p {
+            *p = Phase::Draining {
+                until: Instant::now(),
+            };
+            self.changed.notify_all();
+        }
+    }
+
+    /// Block until the drain is over (its end may move earlier: adaptive drain), or until the
+    /// instance starts stopping. True when the drain ran its course.
+    pub fn wait_drained(&self) -> bool {
         let mut p = self.phase.lock().unwrap_or_else(|e| e.into_inner());
         loop {
-            if *p == Phase::Stopping {
-                return false;
-            }
+            let until = match *p {
+                Phase::Stopping => return false,
+                Phase::Draining { until } => until,
+                _ => return true,
+            };
             let now = Instant::now();
-            if now >= deadline {
+            if now >= until {
                 return true;
             }
             p = self
                 .changed
-                .wait_timeout(p, deadline - now)
+                .wait_timeout(p, until - now)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
@@ -205,11 +218,19 @@ mod tests {
         assert!(began && !s.phase().takes_traffic());
         let (again, began_again) = s.drain_until(Duration::from_secs(99)).unwrap();
         assert_eq!((again, began_again), (until, false));
+        // An adaptive drain that ends early releases every waiter at once.
+        let started = Instant::now();
+        std::thread::scope(|t| {
+            t.spawn(|| {
+                std::thread::sleep(Duration::from_millis(50));
+                s.end_drain_now();
+            });
+            assert!(s.wait_drained());
+        });
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(!s.phase().takes_traffic(), "a drained instance stays out");
         s.update(|_| Phase::Stopping);
         assert!(s.drain_until(Duration::from_secs(1)).is_none());
-        assert!(
-            !s.wait_until(until),
-            "a stopping instance ends the wait early"
-        );
+        assert!(!s.wait_drained(), "a stopping instance ends the wait early");
     }
 }

@@ -105,6 +105,9 @@ fn credential_lines(out: &mut String, credentials: &[Credential]) {
 fn common_service_lines(out: &mut String, inst: &Installation, s: &InstanceSettings) {
     env(out, "GATEWAY_HEALTH_URL", &s.health_url);
     env(out, "GATEWAY_DRAIN_DELAY", &s.drain_delay.to_string());
+    if let Some(fall) = s.adaptive_drain_fall {
+        env(out, "GATEWAY_DRAIN_FALL", &fall.to_string());
+    }
     env(out, "GATEWAY_START_TIMEOUT", &s.start_timeout.to_string());
     if let Some(cmd) = &s.start_command {
         env(

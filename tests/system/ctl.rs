@@ -517,36 +517,11 @@ fn most_out_at_once(samples: &[[bool; 3]]) -> usize {
 /// it again. With lb_rise matching HAProxy's rise, rolling-restart waits, and HAProxy itself
 /// never has two servers out; with lb_rise too low (1), the same run shows two out at once.
 pub fn rolling_restart_waits_for_the_load_balancer(c: &Container) -> Result<(), Failed> {
-    let cfg = c.root().join("etc/haproxy/gateway-test.cfg");
-    fs::create_dir_all(cfg.parent().unwrap())?;
-    fs::write(&cfg, HAPROXY_CFG)?;
     let config = c
         .root()
         .join("etc/gateway-systemd/gateway.toml.d/70-lb-rise.toml");
     fs::create_dir_all(config.parent().unwrap())?;
-    for unit in [SERVER1, SERVER2, SERVER3] {
-        c.ok(&["systemctl", "start", unit])?;
-    }
-    c.ok(&[
-        "systemd-run",
-        "--unit=haproxy-gateway-test",
-        "haproxy",
-        "-db",
-        "-f",
-        "/etc/haproxy/gateway-test.cfg",
-    ])?;
-    let result = (|| -> Result<(), Failed> {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while haproxy_pool(c) != Some([true; 3]) {
-            if Instant::now() > deadline {
-                return Err(fail(format!(
-                    "HAProxy never saw all three servers up: {:?}",
-                    haproxy_pool(c)
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-
+    let result = with_haproxy(c, &[SERVER1, SERVER2, SERVER3], [true; 3], || {
         fs::write(&config, "[defaults]\nlb_rise = 5\n")?;
         let (ok, out, samples) = rolling_restart_under_haproxy(c)?;
         if !ok || !out.contains("[3/3] group1/server3: back in the pool of 1 load balancer(s)") {
@@ -582,11 +557,113 @@ pub fn rolling_restart_waits_for_the_load_balancer(c: &Container) -> Result<(), 
             )));
         }
         Ok(())
-    })();
+    });
     let _ = fs::remove_file(&config);
+    result
+}
+
+/// Start `units` and HAProxy, wait until HAProxy's pool is `pool`, run `f`, then stop them.
+fn with_haproxy(
+    c: &Container,
+    units: &[&str],
+    pool: [bool; 3],
+    f: impl FnOnce() -> Result<(), Failed>,
+) -> Result<(), Failed> {
+    let cfg = c.root().join("etc/haproxy/gateway-test.cfg");
+    fs::create_dir_all(cfg.parent().unwrap())?;
+    fs::write(&cfg, HAPROXY_CFG)?;
+    for unit in units {
+        c.ok(&["systemctl", "start", unit])?;
+    }
+    c.ok(&[
+        "systemd-run",
+        "--unit=haproxy-gateway-test",
+        "haproxy",
+        "-db",
+        "-f",
+        "/etc/haproxy/gateway-test.cfg",
+    ])?;
+    let result = (|| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while haproxy_pool(c) != Some(pool) {
+            if Instant::now() > deadline {
+                return Err(fail(format!(
+                    "HAProxy's pool never became {pool:?}: {:?}",
+                    haproxy_pool(c)
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        f()
+    })();
     let _ = c.exec(&["systemctl", "stop", "haproxy-gateway-test"]);
-    for unit in [SERVER1, SERVER2, SERVER3] {
+    for unit in units {
         let _ = c.exec(&["systemctl", "stop", unit]);
     }
+    result
+}
+
+/// Adaptive drain under HAProxy (fall 2, 200 ms checks) with a 20 s drain delay: the stop
+/// ends soon after HAProxy took server1 out, HAProxy takes it out while it still serves, and
+/// it never stops serving while HAProxy still routes to it.
+pub fn adaptive_drain_ends_when_the_balancer_took_it_out(c: &Container) -> Result<(), Failed> {
+    let config = c
+        .root()
+        .join("etc/gateway-systemd/gateway.toml.d/70-adaptive.toml");
+    fs::create_dir_all(config.parent().unwrap())?;
+    fs::write(
+        &config,
+        "[instances.\"group1/server1\"]\ndrain_mode = \"adaptive\"\nlb_fall = 2\ndrain_delay = \"20s\"\n",
+    )?;
+    c.ok(&["systemctl", "daemon-reload"])?;
+    let result = with_haproxy(c, &[SERVER1], [true, false, false], || {
+        let since = c.ok(&["date", "+%Y-%m-%d %H:%M:%S"])?;
+        let started = Instant::now();
+        let mut stop = c.spawn(&["systemctl", "stop", SERVER1]);
+        // (HAProxy routes to server1, server1 serves traffic)
+        let mut samples: Vec<(bool, bool)> = Vec::new();
+        while stop.try_wait()?.is_none() && started.elapsed() < Duration::from_secs(40) {
+            let routed = haproxy_pool(c).is_some_and(|p| p[0]);
+            let serving = http(c, "GET", "http://127.0.0.1:8080/healthcheck").0 == 200;
+            samples.push((routed, serving));
+        }
+        let took = started.elapsed();
+        let status = stop.wait()?;
+        if !status.success() || took > Duration::from_secs(10) {
+            return Err(fail(format!(
+                "stop with an adaptive drain took {took:?} ({status}); the 20 s delay should have been cut short"
+            )));
+        }
+        if !samples.iter().any(|&(routed, serving)| !routed && serving) {
+            return Err(fail(format!(
+                "HAProxy never had server1 out while it still served: {samples:?}"
+            )));
+        }
+        if let Some(k) = samples
+            .iter()
+            .position(|&(routed, serving)| routed && !serving)
+        {
+            return Err(fail(format!(
+                "server1 stopped serving while HAProxy still routed to it (sample {k} of {samples:?})"
+            )));
+        }
+        let journal = c.ok(&[
+            "journalctl",
+            "-u",
+            SERVER1,
+            "--since",
+            since.trim(),
+            "--no-pager",
+        ])?;
+        if !journal.contains("load balancer(s) polling it got 2 503s in a row") {
+            return Err(fail(format!(
+                "the journal does not say why the drain ended:\n{journal}"
+            )));
+        }
+        println!("    adaptive drain: stop took {took:?} with a 20 s drain delay");
+        Ok(())
+    });
+    let _ = fs::remove_file(&config);
+    c.ok(&["systemctl", "daemon-reload"])?;
     result
 }

@@ -360,6 +360,10 @@ fn main() {
             "gatewayctl::rolling_restart_waits_for_the_load_balancer",
             ctl::rolling_restart_waits_for_the_load_balancer,
         ),
+        (
+            "launcher::adaptive_drain_ends_when_the_balancer_took_it_out",
+            ctl::adaptive_drain_ends_when_the_balancer_took_it_out,
+        ),
         ("compat::startinstance", ctl::startinstance_compatible),
         ("compat::nodemanager", ctl::nodemanager_compatible),
         ("gatewayctl::migrate_initd_plan", ctl::migrate_initd_plan),
