@@ -288,6 +288,7 @@ mod tests {
                 ("VINSTDIR", "/opt/apigateway/groups/group-3/instance-3"),
                 ("GATEWAY_HEALTH_URL", "http://127.0.0.1:8087/healthcheck"),
                 ("GATEWAY_DRAIN_DELAY", "5s"),
+                ("GATEWAY_DRAIN_FALL", "2"),
                 ("GATEWAY_LB_HEALTH", "0.0.0.0:18087"),
                 ("GATEWAY_START_COMMAND", r#"["/bin/gw","-x"]"#),
                 ("WATCHDOG_USEC", "30000000"),
@@ -296,6 +297,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.unit, r"gateway@payments\x2deu-edge\x20node\x201.service");
         assert_eq!(c.drain_delay, Duration::from_secs(5));
+        assert_eq!(c.drain_fall, Some(2));
         assert_eq!(c.watchdog, Some(Duration::from_secs(30)));
         assert_eq!(c.command, ["/bin/gw", "-x"]);
         assert_eq!(c.lb_path, "/healthchecklb");
