@@ -66,18 +66,11 @@ pub fn start_status_stop(c: &Container) -> Result<(), Failed> {
 
 /// A start that fails exits non-zero and shows the status text and the journal.
 pub fn failed_start_is_explained(c: &Container) -> Result<(), Failed> {
-    let dropin = c
-        .root()
-        .join("etc/gateway-systemd/gateway.toml.d/70-ctl-test.toml");
-    fs::create_dir_all(dropin.parent().unwrap())?;
-    fs::write(
-        &dropin,
+    let (code, out, err) = c.with_config(
+        "70-ctl-test.toml",
         "[instances.\"group1/server2\"]\nstart_command = [\"/bin/false\"]\n",
+        || Ok::<_, Failed>(ctl(c, &["start", "group1/server2"])),
     )?;
-    c.ok(&["systemctl", "daemon-reload"])?;
-    let (code, out, err) = ctl(c, &["start", "group1/server2"]);
-    fs::remove_file(&dropin)?;
-    c.ok(&["systemctl", "daemon-reload"])?;
     let _ = c.exec(&["systemctl", "reset-failed", SERVER2]);
     if code != 1
         || !err.contains("job failed")
@@ -172,14 +165,7 @@ pub fn rolling_restart_takes_one_out_at_a_time(c: &Container) -> Result<(), Fail
         samples.push(up);
         std::thread::sleep(Duration::from_millis(50));
     }
-    let status = run.wait()?;
-    let mut out = String::new();
-    if let Some(mut o) = run.stdout.take() {
-        std::io::Read::read_to_string(&mut o, &mut out)?;
-    }
-    if let Some(mut e) = run.stderr.take() {
-        std::io::Read::read_to_string(&mut e, &mut out)?;
-    }
+    let (status, out) = finish(run)?;
     for (unit, _) in lbs {
         let _ = c.exec(&["systemctl", "stop", unit]);
     }
@@ -205,6 +191,19 @@ pub fn rolling_restart_takes_one_out_at_a_time(c: &Container) -> Result<(), Fail
         }
     }
     Ok(())
+}
+
+/// Wait for a spawned command; its exit status and its stdout followed by its stderr.
+fn finish(mut run: std::process::Child) -> Result<(std::process::ExitStatus, String), Failed> {
+    let status = run.wait()?;
+    let mut out = String::new();
+    if let Some(mut o) = run.stdout.take() {
+        std::io::Read::read_to_string(&mut o, &mut out)?;
+    }
+    if let Some(mut e) = run.stderr.take() {
+        std::io::Read::read_to_string(&mut e, &mut out)?;
+    }
+    Ok((status, out))
 }
 
 fn run(c: &Container, args: &[&str]) -> (i32, String, String) {
@@ -494,14 +493,7 @@ fn rolling_restart_under_haproxy(c: &Container) -> Result<(bool, String, Vec<[bo
         }
         std::thread::sleep(Duration::from_millis(30));
     }
-    let status = run.wait()?;
-    let mut out = String::new();
-    if let Some(mut o) = run.stdout.take() {
-        std::io::Read::read_to_string(&mut o, &mut out)?;
-    }
-    if let Some(mut e) = run.stderr.take() {
-        std::io::Read::read_to_string(&mut e, &mut out)?;
-    }
+    let (status, out) = finish(run)?;
     Ok((status.success(), out, samples))
 }
 
@@ -607,16 +599,15 @@ fn with_haproxy(
 /// ends soon after HAProxy took server1 out, HAProxy takes it out while it still serves, and
 /// it never stops serving while HAProxy still routes to it.
 pub fn adaptive_drain_ends_when_the_balancer_took_it_out(c: &Container) -> Result<(), Failed> {
-    let config = c
-        .root()
-        .join("etc/gateway-systemd/gateway.toml.d/70-adaptive.toml");
-    fs::create_dir_all(config.parent().unwrap())?;
-    fs::write(
-        &config,
+    c.with_config(
+        "70-adaptive.toml",
         "[instances.\"group1/server1\"]\ndrain_mode = \"adaptive\"\nlb_fall = 2\ndrain_delay = \"20s\"\n",
-    )?;
-    c.ok(&["systemctl", "daemon-reload"])?;
-    let result = with_haproxy(c, &[SERVER1], [true, false, false], || {
+        || adaptive_drain_under_haproxy(c),
+    )
+}
+
+fn adaptive_drain_under_haproxy(c: &Container) -> Result<(), Failed> {
+    with_haproxy(c, &[SERVER1], [true, false, false], || {
         let since = c.ok(&["date", "+%Y-%m-%d %H:%M:%S"])?;
         let started = Instant::now();
         let mut stop = c.spawn(&["systemctl", "stop", SERVER1]);
@@ -662,8 +653,5 @@ pub fn adaptive_drain_ends_when_the_balancer_took_it_out(c: &Container) -> Resul
         }
         println!("    adaptive drain: stop took {took:?} with a 20 s drain delay");
         Ok(())
-    });
-    let _ = fs::remove_file(&config);
-    c.ok(&["systemctl", "daemon-reload"])?;
-    result
+    })
 }

@@ -246,6 +246,30 @@ impl Container {
         }
     }
 
+    /// Run `f` with the config drop-in `name` of /etc/gateway-systemd/gateway.toml.d holding
+    /// `text`, reloading systemd before and after so that the generator sees it and then not.
+    pub fn with_config<T, E: From<String>>(
+        &self,
+        name: &str,
+        text: &str,
+        f: impl FnOnce() -> Result<T, E>,
+    ) -> Result<T, E> {
+        let path = self
+            .root()
+            .join("etc/gateway-systemd/gateway.toml.d")
+            .join(name);
+        fs::create_dir_all(path.parent().unwrap_or(Path::new("/")))
+            .and_then(|_| fs::write(&path, text))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        self.ok(&["systemctl", "daemon-reload"])?;
+        let result = f();
+        let removed = fs::remove_file(&path).map_err(|e| format!("{}: {e}", path.display()));
+        self.ok(&["systemctl", "daemon-reload"])?;
+        let value = result?;
+        removed?;
+        Ok(value)
+    }
+
     /// One property of a unit (`systemctl show -P`).
     pub fn property(&self, unit: &str, property: &str) -> Result<String, String> {
         Ok(self

@@ -199,28 +199,20 @@ fn legacy_init_scripts_are_masked_while_they_still_exist(c: &Container) -> Resul
 }
 
 fn daemon_reload_applies_config_changes(c: &Container) -> Result<(), Failed> {
-    let dropin = c
-        .root()
-        .join("etc/gateway-systemd/gateway.toml.d/50-system-test.toml");
-    fs::create_dir_all(dropin.parent().unwrap())?;
-    fs::write(
-        &dropin,
+    c.with_config(
+        "50-system-test.toml",
         "[instances.\"group1/server2\"]\nautostart = true\ndrain_delay = \"45s\"\n",
-    )?;
-    let result = (|| {
-        c.ok(&["systemctl", "daemon-reload"])?;
-        let wants = c.property("gateway.target", "Wants")?;
-        check(units(&wants).iter().any(|u| u == SERVER2), || {
-            format!("after reload gateway.target does not want {SERVER2}: {wants}")
-        })?;
-        let stop = c.property(SERVER2, "TimeoutStopUSec")?;
-        check(stop == "1min 15s", || {
-            format!("TimeoutStopUSec of {SERVER2} is {stop}, expected 45s + 30s")
-        })
-    })();
-    fs::remove_file(&dropin)?;
-    c.ok(&["systemctl", "daemon-reload"])?;
-    result
+        || {
+            let wants = c.property("gateway.target", "Wants")?;
+            check(units(&wants).iter().any(|u| u == SERVER2), || {
+                format!("after reload gateway.target does not want {SERVER2}: {wants}")
+            })?;
+            let stop = c.property(SERVER2, "TimeoutStopUSec")?;
+            check(stop == "1min 15s", || {
+                format!("TimeoutStopUSec of {SERVER2} is {stop}, expected 45s + 30s")
+            })
+        },
+    )
 }
 
 fn broken_topology_still_boots_to_running_with_the_good_instances() -> Result<(), Failed> {
