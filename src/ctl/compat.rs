@@ -17,7 +17,6 @@ use crate::install::{self, Installation, Instance, Root};
 use crate::launch::config::EXTRA_ARGS_VAR;
 use crate::systemd::{Systemd, Verb};
 use crate::units::{self, name};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// What `startinstance` was asked to do.
@@ -191,11 +190,7 @@ fn apply_dropin(unit: &str, content: Option<&str>) -> std::io::Result<bool> {
         None => std::fs::remove_file(&path)?,
         Some(text) => {
             std::fs::create_dir_all(&dir)?;
-            let tmp = dir.join(format!(".{RUNTIME_DROPIN}.tmp"));
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(text.as_bytes())?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
+            crate::install::write_atomic(&path, text.as_bytes(), 0o644)?;
         }
     }
     Ok(true)

@@ -627,8 +627,6 @@ fn rolling_targets(scope: &Scope, targets: &[String]) -> Result<Vec<Named>, i32>
 /// the health check; this covers the launcher's state catching up).
 const SERVING_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A poller counts as one of the instance's load balancers if it polled this recently.
-const RECENT_POLL_MS: u64 = 30_000;
 /// How long the balancers may take to put a restarted instance back into their pools.
 const LB_RISE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -643,12 +641,13 @@ fn rolling_restart(systemd: &Systemd, scope: &Scope, chosen: &[Named]) -> i32 {
         // The balancers that poll it now must take it back before the next one goes out;
         // the restarted launcher starts with no record of them.
         let socket = drain::control_socket(i.instance_string());
-        let balancers: Vec<drain::Poller> = match scope.lb_rise(i) {
+        let rise = scope.lb_rise(i);
+        let balancers: Vec<drain::Poller> = match rise {
             Some(_) => drain::status(&socket)
                 .map(|s| s.pollers)
                 .unwrap_or_default()
                 .into_iter()
-                .filter(|p| p.last_ms_ago <= RECENT_POLL_MS)
+                .filter(drain::Poller::is_recent)
                 .collect(),
             None => Vec::new(),
         };
@@ -681,7 +680,7 @@ fn rolling_restart(systemd: &Systemd, scope: &Scope, chosen: &[Named]) -> i32 {
             "{who}: serving again after {:.1}s",
             started.elapsed().as_secs_f64()
         );
-        if let (Some(rise), false) = (scope.lb_rise(i), balancers.is_empty()) {
+        if let (Some(rise), false) = (rise, balancers.is_empty()) {
             if let Err(missing) = wait_for_balancers(&socket, &balancers, rise) {
                 eprintln!("{who}: after {LB_RISE_TIMEOUT:?} these load balancers have not seen it pass {rise} checks in a row: {missing}; rolling restart stopped here (check them, or lb_rise in /etc/gateway-systemd/gateway.toml)");
                 return exit::FAILED;
@@ -708,14 +707,7 @@ fn wait_for_balancers(
         let now = drain::status(socket).map(|s| s.pollers).unwrap_or_default();
         let missing: Vec<String> = balancers
             .iter()
-            .filter(|b| {
-                !now.iter().any(|p| {
-                    p.address == b.address
-                        && p.agent == b.agent
-                        && p.streak_code == 200
-                        && p.streak >= rise
-                })
-            })
+            .filter(|b| !b.got_in_a_row(&now, 200, rise))
             .map(|b| match b.agent.as_str() {
                 "" => b.address.to_string(),
                 agent => format!("{} ({agent})", b.address),

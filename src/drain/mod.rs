@@ -143,6 +143,27 @@ pub struct Poller {
     pub last_ms_ago: u64,
 }
 
+/// A poller counts as one of the instance's load balancers if it polled this recently.
+pub const RECENT_POLL: Duration = Duration::from_secs(30);
+
+impl Poller {
+    /// It polled within [`RECENT_POLL`]: one of the instance's load balancers.
+    pub fn is_recent(&self) -> bool {
+        Duration::from_millis(self.last_ms_ago) <= RECENT_POLL
+    }
+
+    /// Whether `now` (a later list of pollers) shows this balancer having got `code` at least
+    /// `n` times in a row: `fall` 503s take an instance out, `rise` 200s bring it back.
+    pub fn got_in_a_row(&self, now: &[Poller], code: u16, n: u32) -> bool {
+        now.iter().any(|p| {
+            p.address == self.address
+                && p.agent == self.agent
+                && p.streak_code == code
+                && p.streak >= n
+        })
+    }
+}
+
 /// What the launcher says of itself: its state word (`starting`, `serving`, `unhealthy`,
 /// `draining`, `stopping`) and who polls its LB endpoint.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -20,9 +20,6 @@ pub struct DrainPolicy {
     pub fall: Option<u32>,
 }
 
-/// A poller counts as one of the instance's load balancers if it polled this recently.
-const RECENT_POLL: Duration = Duration::from_secs(30);
-
 /// Listen on `path` (mode 0600) and answer requests in background threads.
 pub fn serve(path: &Path, policy: DrainPolicy, shared: Arc<Shared>) -> std::io::Result<()> {
     let _ = std::fs::remove_file(path);
@@ -56,8 +53,7 @@ fn end_when_balancers_took_it_out(shared: &Shared, fall: u32) -> Option<usize> {
     let balancers: Vec<_> = shared
         .pollers()
         .into_iter()
-        .filter(|p| Duration::from_millis(p.last_ms_ago) <= RECENT_POLL)
-        .map(|p| (p.address, p.agent))
+        .filter(|p| p.is_recent())
         .collect();
     if balancers.is_empty() {
         return None;
@@ -68,14 +64,7 @@ fn end_when_balancers_took_it_out(shared: &Shared, fall: u32) -> Option<usize> {
             _ => return None,
         }
         let now = shared.pollers();
-        let all_out = balancers.iter().all(|(address, agent)| {
-            now.iter().any(|p| {
-                p.address == *address
-                    && p.agent == *agent
-                    && p.streak_code == 503
-                    && p.streak >= fall
-            })
-        });
+        let all_out = balancers.iter().all(|b| b.got_in_a_row(&now, 503, fall));
         if all_out {
             // The last 503 is still on its way to the balancer: let it arrive.
             std::thread::sleep(Duration::from_millis(100));
