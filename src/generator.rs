@@ -11,13 +11,17 @@ use crate::units::{self, Entry, LegacyUnit};
 use std::collections::HashSet;
 use std::ffi::OsString;
 use std::fmt::Write as _;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 /// Environment variable naming a root prefix to read the installation from (tests, chroots).
 /// When set, logging goes to stderr.
 pub const ROOT_ENV: &str = "GATEWAY_SYSTEMD_ROOT";
+
+/// Environment variable that, set to `kmsg`, sends messages to /dev/kmsg even with
+/// [`ROOT_ENV`] set.
+pub const LOG_ENV: &str = "GATEWAY_GENERATOR_LOG";
 
 /// Usage text for people who run the generator by hand.
 pub const USAGE: &str = "usage: gateway-generator NORMAL_DIR [EARLY_DIR LATE_DIR]\n\
@@ -28,19 +32,22 @@ To try it on a copy of a host's files: GATEWAY_SYSTEMD_ROOT=/path/to/tree gatewa
 
 /// Where log lines go.
 pub enum Log {
-    /// The kernel log (what systemd's own generators use).
-    Kmsg(File),
+    /// The kernel log (what systemd's own generators use), with how many records went there.
+    Kmsg(usize),
     /// Standard error, plain lines.
     Stderr,
 }
 
+/// The kernel drops kmsg records beyond a burst of 10 per open file and 5 s; the file is opened
+/// anew for each record, and at most this many are written, the last saying how many more
+/// there are and which command lists them all.
+pub const KMSG_MAX_RECORDS: usize = 40;
+
 impl Log {
     /// /dev/kmsg when writable and `prefer_stderr` is false, else stderr.
     pub fn open(prefer_stderr: bool) -> Log {
-        if !prefer_stderr {
-            if let Ok(f) = OpenOptions::new().write(true).open("/dev/kmsg") {
-                return Log::Kmsg(f);
-            }
+        if !prefer_stderr && OpenOptions::new().write(true).open("/dev/kmsg").is_ok() {
+            return Log::Kmsg(0);
         }
         Log::Stderr
     }
@@ -54,10 +61,40 @@ impl Log {
         };
         match self {
             // One write() is one kmsg record.
-            Log::Kmsg(f) => {
-                let _ = f.write_all(format!("<{prio}>gateway-generator: {msg}\n").as_bytes());
+            Log::Kmsg(written) => {
+                *written += 1;
+                if let Ok(mut f) = OpenOptions::new().write(true).open("/dev/kmsg") {
+                    let _ = f.write_all(format!("<{prio}>gateway-generator: {msg}\n").as_bytes());
+                }
             }
             Log::Stderr => eprintln!("gateway-generator: {label}: {msg}"),
+        }
+    }
+
+    /// Write all `messages`; into the kernel log at most [`KMSG_MAX_RECORDS`], the errors and
+    /// warnings first, then a line with the count of the rest and where to read them.
+    pub fn all(&mut self, messages: &[(Severity, String)]) {
+        let mut ordered: Vec<&(Severity, String)> = messages.iter().collect();
+        if matches!(self, Log::Kmsg(_)) && messages.len() > KMSG_MAX_RECORDS {
+            // Stable: the summary (the last notice) stays after the other notices.
+            ordered.sort_by_key(|(severity, _)| *severity);
+            let shown = KMSG_MAX_RECORDS - 1;
+            for (severity, msg) in &ordered[..shown] {
+                self.line(*severity, msg);
+            }
+            let rest = &ordered[shown..];
+            let errors = rest.iter().filter(|(s, _)| *s == Severity::Error).count();
+            self.line(
+                if errors > 0 { Severity::Error } else { Severity::Warning },
+                &format!(
+                    "{} more message(s) ({errors} error(s)) not shown here; `gatewayctl check-config` lists them all",
+                    rest.len()
+                ),
+            );
+            return;
+        }
+        for (severity, msg) in ordered {
+            self.line(*severity, msg);
         }
     }
 }
@@ -141,7 +178,20 @@ pub fn plan(root: &Root) -> Plan {
             }
         }
     }
-    let entries = units::render(&installation, &legacy);
+    let mut entries = units::render(&installation, &legacy);
+    let topology = Installation::topology_path(&installation.install_dir);
+    if !root.real(&topology).exists() {
+        messages.push((
+            Severity::Notice,
+            format!(
+                "{}: not there yet; {} reloads systemd once {} is mounted (an installation on its own filesystem), then starts gateway.target",
+                topology.display(),
+                units::REGENERATE_UNIT,
+                installation.install_dir.display()
+            ),
+        ));
+        entries.extend(units::render_regenerate(&installation.install_dir));
+    }
 
     let autostart = installation
         .instances
@@ -257,16 +307,16 @@ pub fn main(args: &[OsString], root_env: Option<OsString>) -> i32 {
         return 2;
     }
     let normal = PathBuf::from(&args[0]);
-    let mut log = Log::open(root_env.is_some());
+    // Tests of the kernel log's behaviour ask for it with a fixture root.
+    let kmsg = std::env::var_os(LOG_ENV).is_some_and(|v| v == "kmsg");
+    let mut log = Log::open(root_env.is_some() && !kmsg);
     let root = Root::new(
         root_env
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("/")),
     );
     let plan = plan(&root);
-    for (severity, msg) in &plan.messages {
-        log.line(*severity, msg);
-    }
+    log.all(&plan.messages);
     for (path, why) in write_entries(&normal, &plan.entries) {
         log.line(
             Severity::Error,

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
     long_about = None,
     after_help = "INSTANCE is group/instance as the topology names it (\"payments-eu/edge node 1\"), the unit's\n\
 instance string (group1-server1) or the unit name (gateway@group1-server1.service).\n\n\
-With -H, status, start, stop, restart, rolling-restart, enable, disable and nodemanager run on another\n\
+With -H, status, start, stop, restart, rolling-restart and nodemanager run on another\n\
 host through ssh and systemd-stdio-bridge there, as `systemctl -H` does; instances are then named by\n\
 group/instance or unit alone (that host's topology is not read here).\n\n\
 Exit status (LSB): 0 done, 1 a job failed, 2 usage, 4 not allowed (run as root), 5 no such instance."
@@ -73,17 +73,23 @@ pub enum Command {
     /// Restart one instance at a time: drain, restart, wait until ready and serving, then the
     /// next. Stops at the first failure and says where.
     RollingRestart {
+        /// Count an instance as back once it serves, without waiting for the load balancers
+        /// that polled it to take it back (needed with -H, where their records are out of reach).
+        #[arg(long)]
+        no_lb_wait: bool,
         /// Groups (every local instance of the group) or instances.
         #[arg(required = true)]
         targets: Vec<String>,
     },
-    /// Start instances with gateway.target (at boot) from now on.
+    /// Start instances with gateway.target (at boot) from now on, whatever the config says
+    /// (recorded in /etc/gateway-systemd/autostart.toml; survives reloads and reboots).
     Enable {
         /// Instances.
         #[arg(required = true)]
         instances: Vec<String>,
     },
-    /// No longer start instances with gateway.target.
+    /// No longer start instances with gateway.target (at boot), whatever made them autostart:
+    /// the config, or a `systemctl enable` link. Running instances keep running.
     Disable {
         /// Instances.
         #[arg(required = true)]
@@ -248,14 +254,13 @@ impl Scope<'_> {
         }
     }
 
-    /// The load balancers' rise count for an instance, when this host's config is at hand.
-    fn lb_rise(&self, named: &Named) -> Option<u32> {
+    /// The local instance behind a name, when this host's installation is at hand.
+    fn local(&self, named: &Named) -> Option<&Instance> {
         match self {
             Scope::Local(inst) => inst
                 .instances
                 .iter()
-                .find(|i| i.instance_string == named.instance_string())
-                .map(|i| i.settings.lb_rise),
+                .find(|i| i.instance_string == named.instance_string()),
             Scope::Remote(_) => None,
         }
     }
@@ -303,6 +308,9 @@ pub fn main(cli: Cli) -> i32 {
         Command::Logs { .. } => Some("logs"),
         Command::Drain { .. } => Some("drain"),
         Command::MigrateInitd { .. } => Some("migrate-initd"),
+        // The choice is recorded in a file of that host, which D-Bus cannot write.
+        Command::Enable { .. } => Some("enable"),
+        Command::Disable { .. } => Some("disable"),
         _ => None,
     };
     if let (Some(host), Some(what)) = (&cli.host, local_only) {
@@ -357,18 +365,24 @@ pub fn main(cli: Cli) -> i32 {
             } else {
                 resolve(instances)
             };
-            chosen.map(|c| status(&systemd, &c, *json))
+            chosen.map(|c| status(&systemd, &scope, &c, *json))
         }
         Command::Start { instances } => resolve(instances).map(|c| jobs(&systemd, Verb::Start, &c)),
         Command::Stop { instances } => resolve(instances).map(|c| jobs(&systemd, Verb::Stop, &c)),
         Command::Restart { instances } => {
             resolve(instances).map(|c| jobs(&systemd, Verb::Restart, &c))
         }
-        Command::RollingRestart { targets } => {
-            rolling_targets(&scope, targets).map(|c| rolling_restart(&systemd, &scope, &c))
+        Command::RollingRestart {
+            targets,
+            no_lb_wait,
+        } => rolling_targets(&scope, targets)
+            .map(|c| rolling_restart(&systemd, &scope, &c, *no_lb_wait)),
+        Command::Enable { instances } => {
+            resolve(instances).map(|c| enable(&systemd, &inst, &c, true))
         }
-        Command::Enable { instances } => resolve(instances).map(|c| enable(&systemd, &c, true)),
-        Command::Disable { instances } => resolve(instances).map(|c| enable(&systemd, &c, false)),
+        Command::Disable { instances } => {
+            resolve(instances).map(|c| enable(&systemd, &inst, &c, false))
+        }
         Command::Nodemanager { action } => Ok(nodemanager(&systemd, action)),
         Command::MigrateInitd {
             rollback: true,
@@ -456,7 +470,7 @@ fn print_migration_plan(inst: &Installation, root: &Root) {
 }
 
 /// `status`: one GetAll per interface and unit; a table or JSON.
-fn status(systemd: &Systemd, chosen: &[Named], json: bool) -> i32 {
+fn status(systemd: &Systemd, scope: &Scope, chosen: &[Named], json: bool) -> i32 {
     let units: Vec<String> = chosen.iter().map(|i| i.unit.clone()).collect();
     let mut rows = Vec::new();
     for (i, result) in chosen.iter().zip(systemd.status_many(&units)) {
@@ -475,20 +489,29 @@ fn status(systemd: &Systemd, chosen: &[Named], json: bool) -> i32 {
                 let mut v = serde_json::to_value(s).unwrap_or_default();
                 v["group"] = i.group.clone().into();
                 v["instance"] = i.instance.clone().into();
+                if let Some(l) = scope.local(i) {
+                    v["autostart"] = l.settings.autostart.into();
+                }
                 v
             })
             .collect();
         println!("{}", serde_json::Value::Array(list));
     } else {
         println!(
-            "{:<16} {:<20} {:<10} {:<8} {:>7} {:>8}  STATUS",
-            "GROUP", "INSTANCE", "STATE", "SUB", "PID", "RESTARTS"
+            "{:<16} {:<20} {:<9} {:<10} {:<8} {:>7} {:>8}  STATUS",
+            "GROUP", "INSTANCE", "AUTOSTART", "STATE", "SUB", "PID", "RESTARTS"
         );
         for (i, s) in &rows {
+            let autostart = match scope.local(i).map(|l| l.settings.autostart) {
+                Some(true) => "yes",
+                Some(false) => "no",
+                None => "-",
+            };
             println!(
-                "{:<16} {:<20} {:<10} {:<8} {:>7} {:>8}  {}",
+                "{:<16} {:<20} {:<9} {:<10} {:<8} {:>7} {:>8}  {}",
                 i.group,
                 i.instance,
+                autostart,
                 s.active_state,
                 s.sub_state,
                 s.main_pid,
@@ -557,12 +580,44 @@ fn jobs(systemd: &Systemd, verb: Verb, chosen: &[Named]) -> i32 {
     code
 }
 
-fn enable(systemd: &Systemd, chosen: &[Named], on: bool) -> i32 {
+/// `enable`/`disable`: the choice is recorded in [`install::autostart::AUTOSTART_FILE`], which
+/// the generator reads last, so it holds whatever else made the instance autostart (the
+/// config, or a `systemctl enable` link in /etc, which `disable` removes too); then reload.
+fn enable(systemd: &Systemd, inst: &Installation, chosen: &[Named], on: bool) -> i32 {
+    if on {
+        if let Some(i) = chosen
+            .iter()
+            .filter_map(|n| inst.instances.iter().find(|i| i.unit() == n.unit))
+            .find(|i| i.settings.legacy_initd)
+        {
+            eprintln!("gatewayctl: {}/{} is left to its init script (legacy_initd = true in /etc/gateway-systemd); `gatewayctl migrate-initd --apply` moves it to its unit, or set legacy_initd = false", i.group.name, i.name);
+            return exit::FAILED;
+        }
+    }
+    let changes: Vec<(String, bool)> = chosen.iter().map(|i| (i.shown(), on)).collect();
+    if let Err(e) = install::autostart::record(&Root::new("/"), &changes) {
+        eprintln!("gatewayctl: {e}");
+        return if e.contains("ermission denied") {
+            exit::DENIED
+        } else {
+            exit::FAILED
+        };
+    }
     let refs: Vec<&str> = chosen.iter().map(|i| i.unit.as_str()).collect();
-    match systemd.set_enabled(&refs, on) {
+    let result = match on {
+        true => systemd.reload(),
+        false => systemd.set_enabled(&refs, false),
+    };
+    match result {
         Ok(()) => {
             for i in chosen {
-                println!("{} {}", if on { "enabled" } else { "disabled" }, i.shown());
+                println!(
+                    "{} {}: {} start with gateway.target (at boot); recorded in {}",
+                    if on { "enabled" } else { "disabled" },
+                    i.shown(),
+                    if on { "it will" } else { "it will not" },
+                    install::autostart::AUTOSTART_FILE
+                );
             }
             exit::OK
         }
@@ -630,26 +685,43 @@ const SERVING_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the balancers may take to put a restarted instance back into their pools.
 const LB_RISE_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn rolling_restart(systemd: &Systemd, scope: &Scope, chosen: &[Named]) -> i32 {
+/// The balancers that polled an instance recently, from its launcher; Err explains why they
+/// cannot be known. An instance that is not running has none.
+fn recent_balancers(socket: &std::path::Path) -> Result<Vec<drain::Poller>, String> {
+    match drain::status(socket) {
+        Ok(s) => Ok(s
+            .pollers
+            .into_iter()
+            .filter(drain::Poller::is_recent)
+            .collect()),
+        Err(DrainError::NotRunning { .. }) => Ok(Vec::new()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn rolling_restart(systemd: &Systemd, scope: &Scope, chosen: &[Named], no_lb_wait: bool) -> i32 {
     let n = chosen.len();
-    if matches!(scope, Scope::Remote(_)) {
-        println!("note: with -H the launchers' load balancer records are out of reach; each instance counts as back once it serves");
+    if matches!(scope, Scope::Remote(_)) && !no_lb_wait {
+        eprintln!("gatewayctl: with -H the launchers' load balancer records are out of reach, so rolling-restart cannot wait for the balancers to take each instance back; run it on the host itself, or add --no-lb-wait to count an instance as back once it serves");
+        return 2;
     }
     for (k, i) in chosen.iter().enumerate() {
         let unit = &i.unit;
         let who = format!("[{}/{n}] {}", k + 1, i.shown());
         // The balancers that poll it now must take it back before the next one goes out;
         // the restarted launcher starts with no record of them.
-        let socket = drain::control_socket(i.instance_string());
-        let rise = scope.lb_rise(i);
-        let balancers: Vec<drain::Poller> = match rise {
-            Some(_) => drain::status(&socket)
-                .map(|s| s.pollers)
-                .unwrap_or_default()
-                .into_iter()
-                .filter(drain::Poller::is_recent)
-                .collect(),
-            None => Vec::new(),
+        let local = scope.local(i);
+        let socket = local.map(|l| drain::control_socket(&l.runtime_dir()));
+        let rise = local.map(|l| l.settings.lb_rise);
+        let balancers: Vec<drain::Poller> = match (&socket, no_lb_wait) {
+            (Some(socket), false) => match recent_balancers(socket) {
+                Ok(b) => b,
+                Err(why) => {
+                    eprintln!("{who}: cannot read which load balancers poll it ({why}); without that rolling-restart cannot wait for them to take it back. Run as root (or as the gateway user), or add --no-lb-wait to count an instance as back once it serves. Nothing was restarted from here on.");
+                    return exit::DENIED;
+                }
+            },
+            _ => Vec::new(),
         };
         println!("{who}: draining and restarting");
         let started = Instant::now();
@@ -680,8 +752,8 @@ fn rolling_restart(systemd: &Systemd, scope: &Scope, chosen: &[Named]) -> i32 {
             "{who}: serving again after {:.1}s",
             started.elapsed().as_secs_f64()
         );
-        if let (Some(rise), false) = (rise, balancers.is_empty()) {
-            if let Err(missing) = wait_for_balancers(&socket, &balancers, rise) {
+        if let (Some(rise), Some(socket), false) = (rise, &socket, balancers.is_empty()) {
+            if let Err(missing) = wait_for_balancers(socket, &balancers, rise) {
                 eprintln!("{who}: after {LB_RISE_TIMEOUT:?} these load balancers have not seen it pass {rise} checks in a row: {missing}; rolling restart stopped here (check them, or lb_rise in /etc/gateway-systemd/gateway.toml)");
                 return exit::FAILED;
             }
@@ -769,7 +841,26 @@ fn drain_command(arg: &str, wait: bool) -> i32 {
         eprintln!("{shown}: the gateway has already exited; nothing to drain");
         return exit::OK;
     }
-    let socket = drain::control_socket(&instance);
+    // systemd gives ExecStop= the unit's runtime directory; by hand, the installation names it.
+    let socket = match std::env::var_os("RUNTIME_DIRECTORY") {
+        Some(dir) if std::env::var_os("INVOCATION_ID").is_some() => {
+            std::path::PathBuf::from(dir).join(drain::SOCKET_NAME)
+        }
+        _ => {
+            let (inst, _) = install::load(&Root::new("/"));
+            match inst
+                .instances
+                .iter()
+                .find(|i| i.instance_string == instance)
+            {
+                Some(i) => drain::control_socket(&i.runtime_dir()),
+                None => {
+                    eprintln!("gatewayctl: {shown}: no such instance on this host ({}); `gatewayctl list` shows them", inst.host);
+                    return exit::UNKNOWN;
+                }
+            }
+        }
+    };
     let result = drain::request(&socket, wait, |delay| {
         eprintln!(
             "draining {shown}: its LB health endpoint answers 503 for {}s",

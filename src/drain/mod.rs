@@ -10,16 +10,15 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Parent of every instance's runtime directory (`RuntimeDirectory=gateway/%i`).
-pub const RUNTIME_ROOT: &str = "/run/gateway";
+/// Where systemd makes runtime directories (`RuntimeDirectory=` is relative to it).
+pub const RUNTIME_ROOT: &str = "/run";
 /// The control socket's name inside the runtime directory.
 pub const SOCKET_NAME: &str = "control";
 
-/// The control socket of an instance, by its instance string (`group1-server1`).
-pub fn control_socket(instance_string: &str) -> PathBuf {
-    Path::new(RUNTIME_ROOT)
-        .join(instance_string)
-        .join(SOCKET_NAME)
+/// The control socket of an instance, by its runtime directory
+/// ([`crate::install::Instance::runtime_dir`]).
+pub fn control_socket(runtime_dir: &str) -> PathBuf {
+    Path::new(RUNTIME_ROOT).join(runtime_dir).join(SOCKET_NAME)
 }
 
 /// What can go wrong when asking a launcher to drain.

@@ -2,6 +2,7 @@
 //! config, read once into typed structs. Everything that can go wrong is a [`Problem`] naming
 //! the file and the fix; a bad instance is left out, never the whole installation.
 
+pub mod autostart;
 pub mod config;
 pub mod props;
 pub mod timespan;
@@ -387,6 +388,12 @@ impl Instance {
     pub fn unit(&self) -> String {
         crate::units::name::unit_of_instance_string(&self.instance_string)
     }
+
+    /// Its runtime directory below /run (`gateway/<group id>/<instance id>`), where the
+    /// launcher keeps its control socket.
+    pub fn runtime_dir(&self) -> String {
+        crate::units::name::runtime_dir(&self.group.id, &self.id)
+    }
 }
 
 /// The ports of an instance directory's `conf/envSettings.props` (None when it has none),
@@ -508,6 +515,8 @@ pub fn load_config(root: &Root) -> (Config, Vec<Problem>) {
                 .map(|n| Path::new(CONFIG_DROPIN_DIR).join(n)),
         );
     }
+    // `gatewayctl enable/disable` choices win over every other file.
+    files.push(PathBuf::from(autostart::AUTOSTART_FILE));
     for path in files {
         match root.read(&path) {
             Ok(Some(text)) => match config.merge_file(&text, &path) {

@@ -17,6 +17,28 @@ pub const GATEWAY_TARGET: &str = "gateway.target";
 /// Longest unit name systemd accepts (UNIT_NAME_MAX minus the NUL).
 pub const UNIT_NAME_MAX: usize = 255;
 
+/// The runtime directory of an instance, relative to /run (`RuntimeDirectory=`), from its
+/// group and instance ids: `gateway/group-2/instance-1`. Not from the escaped unit name, whose
+/// backslashes systemd 260 refuses in `RuntimeDirectory=` (systemd/systemd#41853). Bytes
+/// outside `[A-Za-z0-9._-]` become `+HH`, so the name stays unique, needs no quoting and holds
+/// no specifier.
+pub fn runtime_dir(group_id: &str, instance_id: &str) -> String {
+    fn encode(out: &mut String, id: &str) {
+        for b in id.bytes() {
+            if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') {
+                out.push(b as char);
+            } else {
+                let _ = write!(out, "+{b:02x}");
+            }
+        }
+    }
+    let mut out = String::from("gateway/");
+    encode(&mut out, group_id);
+    out.push('/');
+    encode(&mut out, instance_id);
+    out
+}
+
 /// Why a group or instance name cannot become a unit name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {

@@ -149,29 +149,39 @@ pub fn node_manager_commands(c: &Container) -> Result<(), Failed> {
 
 /// A rolling restart of group1 (3 instances) with the LB endpoints polled all along: never
 /// more than one instance out of the pool, each out exactly once, all serving at the end.
-pub fn rolling_restart_takes_one_out_at_a_time(c: &Container) -> Result<(), Failed> {
-    let lbs = [(SERVER1, 18085), (SERVER2, 18086), (SERVER3, 18088)];
-    for (unit, _) in lbs {
+/// group1's three instances with their LB health ports.
+pub const GROUP1_LBS: [(&str, u16); 3] = [(SERVER1, 18085), (SERVER2, 18086), (SERVER3, 18088)];
+
+/// Start group1's three instances, run `args` inside, and sample every 50 ms which of them
+/// their LB health endpoints put in the pool (200) until it exits; then stop them again.
+pub fn sample_group1_while(
+    c: &Container,
+    args: &[&str],
+) -> Result<(std::process::ExitStatus, String, Vec<[bool; 3]>), Failed> {
+    for (unit, _) in GROUP1_LBS {
         c.ok(&["systemctl", "start", unit])?;
     }
-    let mut run = c.spawn(&["gatewayctl", "rolling-restart", "group1"]);
+    let mut run = c.spawn(args);
     let mut samples: Vec<[bool; 3]> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(120);
     while run.try_wait()?.is_none() && Instant::now() < deadline {
         let mut up = [false; 3];
-        for (k, (_, port)) in lbs.iter().enumerate() {
+        for (k, (_, port)) in GROUP1_LBS.iter().enumerate() {
             up[k] = http(c, "GET", &format!("http://127.0.0.1:{port}/healthchecklb")).0 == 200;
         }
         samples.push(up);
         std::thread::sleep(Duration::from_millis(50));
     }
     let (status, out) = finish(run)?;
-    for (unit, _) in lbs {
+    for (unit, _) in GROUP1_LBS {
         let _ = c.exec(&["systemctl", "stop", unit]);
     }
-    if !status.success() || !out.contains("[3/3] group1/server3: serving again") {
-        return Err(fail(format!("rolling-restart: {status}\n{out}")));
-    }
+    Ok((status, out, samples))
+}
+
+/// Never two of group1 out of the pool in one sample, and each out exactly once.
+pub fn one_out_at_a_time(samples: &[[bool; 3]]) -> Result<(), Failed> {
+    let lbs = GROUP1_LBS;
     if let Some(s) = samples
         .iter()
         .find(|s| s.iter().filter(|up| !**up).count() > 1)
@@ -191,6 +201,45 @@ pub fn rolling_restart_takes_one_out_at_a_time(c: &Container) -> Result<(), Fail
         }
     }
     Ok(())
+}
+
+pub fn rolling_restart_takes_one_out_at_a_time(c: &Container) -> Result<(), Failed> {
+    let (status, out, samples) =
+        sample_group1_while(c, &["gatewayctl", "rolling-restart", "group1"])?;
+    if !status.success() || !out.contains("[3/3] group1/server3: serving again") {
+        return Err(fail(format!("rolling-restart: {status}\n{out}")));
+    }
+    one_out_at_a_time(&samples)
+}
+
+/// `systemctl restart gateway.target` restarts group1's instances one at a time, each
+/// serving again before the next one drains (before: PartOf= restarted all three at once).
+pub fn restarting_gateway_target_rolls_each_group(c: &Container) -> Result<(), Failed> {
+    let pids = |c: &Container| -> Result<Vec<String>, Failed> {
+        GROUP1_LBS
+            .iter()
+            .map(|(u, _)| c.property(u, "MainPID").map_err(Failed::from))
+            .collect()
+    };
+    for (unit, _) in GROUP1_LBS {
+        c.ok(&["systemctl", "start", unit])?;
+    }
+    let before = pids(c)?;
+    let (status, out, samples) =
+        sample_group1_while(c, &["sh", "-c", "systemctl restart gateway.target && systemctl show -P MainPID gateway@group1-server1.service gateway@group1-server2.service gateway@group1-server3.service"])?;
+    let _ = c.exec(&["systemctl", "stop", "gateway.target"]);
+    if !status.success() {
+        return Err(fail(format!(
+            "systemctl restart gateway.target: {status}\n{out}"
+        )));
+    }
+    let after: Vec<&str> = out.split_whitespace().collect();
+    if after.len() != 3 || after.iter().zip(&before).any(|(a, b)| a == b || *a == "0") {
+        return Err(fail(format!(
+            "not every instance of group1 was restarted: main PIDs {before:?} before, {after:?} after"
+        )));
+    }
+    one_out_at_a_time(&samples)
 }
 
 /// Wait for a spawned command; its exit status and its stdout followed by its stderr.

@@ -141,8 +141,44 @@ impl Container {
             }
         }
         setup(&root)?;
-        let console =
-            fs::File::create(base.with_extension("console")).map_err(|e| e.to_string())?;
+        c.start()?;
+        Ok(c)
+    }
+
+    /// Power the container off and boot the same root again (its writes kept), as a host
+    /// reboots; returns once the new boot is over.
+    pub fn reboot(&mut self) -> Result<(), String> {
+        self.power_off();
+        self.start()
+    }
+
+    /// Power off and wait for systemd-nspawn to exit (killing it after 10 s).
+    fn power_off(&mut self) {
+        if let Some(mut child) = self.nspawn.take() {
+            if self.pid1 != 0 {
+                let _ = self.exec(&["systemctl", "poweroff", "--no-block"]);
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if matches!(child.try_wait(), Ok(None)) {
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+        self.pid1 = 0;
+    }
+
+    /// Boot systemd-nspawn on the prepared root and wait until boot is over.
+    fn start(&mut self) -> Result<(), String> {
+        let (base, root) = (self.base.clone(), self.root());
+        let c = self;
+        let console = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(base.with_extension("console"))
+            .map_err(|e| e.to_string())?;
         let child = Command::new("systemd-nspawn")
             .args(["-q", "-D"])
             .arg(&root)
@@ -192,7 +228,7 @@ impl Container {
                 c.console()
             ));
         }
-        Ok(c)
+        Ok(())
     }
 
     /// The container's root directory, as seen from the host.
@@ -302,19 +338,7 @@ impl Container {
 
 impl Drop for Container {
     fn drop(&mut self) {
-        if let Some(mut child) = self.nspawn.take() {
-            if self.pid1 != 0 {
-                let _ = self.exec(&["systemctl", "poweroff", "--no-block"]);
-            }
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            if matches!(child.try_wait(), Ok(None)) {
-                let _ = child.kill();
-            }
-            let _ = child.wait();
-        }
+        self.power_off();
         for m in self.mounted.iter().rev() {
             let _ = Command::new("umount").arg(m).status();
         }

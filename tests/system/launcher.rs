@@ -543,7 +543,7 @@ raise SystemExit('no question from gateway-launch --ask-passphrase')
                 if !started.success() {
                     return Err(fail(format!("systemctl start {SERVER1} failed: {started}")));
                 }
-                let left = c.exec(&["sh", "-c", "ls -A /run/gateway/group1-server1/"]);
+                let left = c.exec(&["sh", "-c", "ls -A /run/gateway/group-2/instance-1/"]);
                 let listing = String::from_utf8_lossy(&left.stdout).to_string();
                 if listing.contains("passphrase") {
                     return Err(fail(format!("the handed-over passphrase file is still there: {listing}")));

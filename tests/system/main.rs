@@ -3,6 +3,7 @@
 //! Without root or systemd-nspawn they are skipped on a workstation, but with `CI=true` a
 //! missing prerequisite fails the run: a green CI means these ran.
 
+mod boot;
 #[path = "../common/mod.rs"]
 mod common;
 mod ctl;
@@ -17,17 +18,17 @@ use std::fs;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-const SERVER1: &str = "gateway@group1-server1.service";
-const SERVER2: &str = "gateway@group1-server2.service";
-const EDGE: &str = r"gateway@payments\x2deu-edge\x20node\x201.service";
-const NODE_MANAGER: &str = "gateway-nodemanager.service";
+pub(crate) const SERVER1: &str = "gateway@group1-server1.service";
+pub(crate) const SERVER2: &str = "gateway@group1-server2.service";
+pub(crate) const EDGE: &str = r"gateway@payments\x2deu-edge\x20node\x201.service";
+pub(crate) const NODE_MANAGER: &str = "gateway-nodemanager.service";
 
 /// A legacy script that maps to nothing: it must be left to systemd-sysv-generator.
 const UNRELATED_SCRIPT: &str =
     "#!/bin/sh\n### BEGIN INIT INFO\n# Provides: vshell-unrelated\n# Default-Start: 2 3 4 5\n\
 # Default-Stop: 0 1 6\n### END INIT INFO\necho \"not an API Gateway\"\n";
 
-fn setup_host(root: &Path, domain: &Path) -> Result<(), String> {
+pub(crate) fn setup_host(root: &Path, domain: &Path) -> Result<(), String> {
     install_package(root)?;
     install_domain(root, domain)?;
     fs::write(root.join("etc/hostname"), "gw1.example.com\n").map_err(|e| e.to_string())?;
@@ -51,8 +52,18 @@ impl Shared {
     fn get(&self) -> Result<Arc<Container>, Failed> {
         let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let booted = slot.get_or_insert_with(|| {
-            Container::boot(|root| setup_host(root, &common::repo().join("demo/domain")))
-                .map(Arc::new)
+            Container::boot(|root| {
+                setup_host(root, &common::repo().join("demo/domain"))?;
+                // The shared container starts with nothing running: each test starts what it
+                // needs (the boot test proves the preset's autostart).
+                harness::run(
+                    std::process::Command::new("systemctl")
+                        .arg(format!("--root={}", root.display()))
+                        .args(["disable", "gateway.target"]),
+                )
+                .map(|_| ())
+            })
+            .map(Arc::new)
         });
         booted
             .clone()
@@ -61,13 +72,13 @@ impl Shared {
 }
 
 /// A list-valued property (`Wants=`): systemctl quotes names that hold backslashes.
-fn units(list: &str) -> Vec<String> {
+pub(crate) fn units(list: &str) -> Vec<String> {
     list.split_whitespace()
         .map(|u| u.trim_matches('"').replace("\\\\", "\\"))
         .collect()
 }
 
-fn check(cond: bool, what: impl FnOnce() -> String) -> Result<(), Failed> {
+pub(crate) fn check(cond: bool, what: impl FnOnce() -> String) -> Result<(), Failed> {
     if cond {
         Ok(())
     } else {
@@ -349,6 +360,10 @@ fn main() {
             ctl::rolling_restart_takes_one_out_at_a_time,
         ),
         (
+            "gatewayctl::restarting_gateway_target_rolls_each_group",
+            ctl::restarting_gateway_target_rolls_each_group,
+        ),
+        (
             "gatewayctl::rolling_restart_waits_for_the_load_balancer",
             ctl::rolling_restart_waits_for_the_load_balancer,
         ),
@@ -379,6 +394,20 @@ fn main() {
         Trial::test(
             "generator::broken_topology_still_boots_to_running_with_the_good_instances",
             broken_topology_still_boots_to_running_with_the_good_instances,
+        )
+        .with_ignored_flag(missing.is_some()),
+    );
+    trials.push(
+        Trial::test(
+            "generator::messages_all_reach_the_kernel_log",
+            boot::generator_messages_all_reach_the_kernel_log,
+        )
+        .with_ignored_flag(missing.is_some()),
+    );
+    trials.push(
+        Trial::test(
+            "boot::autostart_separate_mount_enable_disable_reboot",
+            boot::boot_autostart_separate_mount_enable_disable_reboot,
         )
         .with_ignored_flag(missing.is_some()),
     );
