@@ -825,6 +825,111 @@ fn nodemanager(systemd: &Systemd, action: &str) -> i32 {
         .unwrap_or(exit::OK)
 }
 
+/// The longest a restarting instance waits for the other instances of its group.
+const TURN_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// Under `ExecStop=` of a restart: wait until no other instance of the same group on this host
+/// is out of its load balancers' pool, and until those of the group restarting with it that
+/// come first in the topology are back. `systemctl restart gateway.target` (PartOf=) or a
+/// restart of several instances at once thus rolls through each group instead of draining
+/// all of it together. A stop (or shutdown) does not wait: it takes the instance away anyway.
+fn wait_for_turn(inst: &Installation, instance: &str, shown: &str, socket: &std::path::Path) {
+    let Some(me) = inst
+        .instances
+        .iter()
+        .find(|i| i.instance_string == instance)
+    else {
+        eprintln!("{shown}: not an instance of this host's installation as this user reads it; draining without waiting for the rest of its group");
+        return;
+    };
+    let siblings: Vec<(usize, &Instance)> = inst
+        .instances
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| i.group.id == me.group.id && i.instance_string != me.instance_string)
+        .collect();
+    if siblings.is_empty() {
+        return;
+    }
+    let my_index = inst
+        .instances
+        .iter()
+        .position(|i| i.instance_string == me.instance_string)
+        .unwrap_or(0);
+    let systemd = match Systemd::system() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{shown}: cannot see the other instances of group {} ({e}); draining without waiting for them", me.group.name);
+            return;
+        }
+    };
+    let unit = me.unit();
+    let started = Instant::now();
+    let mut said = String::new();
+    let mut extended = Instant::now() - Duration::from_secs(60);
+    loop {
+        let jobs = match systemd.jobs() {
+            Ok(j) => j,
+            Err(e) => {
+                eprintln!("{shown}: cannot list systemd's jobs ({e}); draining without waiting for the rest of group {}", me.group.name);
+                return;
+            }
+        };
+        let job_of = |u: &str| {
+            jobs.iter()
+                .find(|(n, _, _)| n == u)
+                .map(|(_, t, _)| t.as_str())
+        };
+        if job_of(&unit) != Some("restart") {
+            return;
+        }
+        let units: Vec<String> = siblings.iter().map(|(_, s)| s.unit()).collect();
+        let statuses = systemd.status_many(&units);
+        let mut waiting_for = None;
+        for ((index, sibling), status) in siblings.iter().zip(statuses) {
+            let Ok(status) = status else { continue };
+            let job = job_of(&status.unit);
+            // A sibling whose ExecStop= waits its turn too is "deactivating" but still serves:
+            // the launcher's STATUS= changes only once its drain begins.
+            let serving = matches!(status.active_state.as_str(), "active" | "deactivating")
+                && status.status_text.starts_with("serving");
+            // Coming back from its own restart: out of the pool until it serves and its
+            // balancers took it back.
+            let returning =
+                matches!(job, Some("restart") | Some("start")) && (!serving || *index < my_index);
+            let readmitted = || {
+                drain::status(&drain::control_socket(&sibling.runtime_dir()))
+                    .map(|s| {
+                        s.pollers
+                            .iter()
+                            .filter(|p| p.is_recent())
+                            .all(|p| p.streak_code == 200 && p.streak >= sibling.settings.lb_rise)
+                    })
+                    .unwrap_or(true)
+            };
+            if returning || (serving && !readmitted()) {
+                waiting_for = Some(format!("{}/{}", sibling.group.name, sibling.name));
+                break;
+            }
+        }
+        let Some(who) = waiting_for else { return };
+        if started.elapsed() > TURN_TIMEOUT {
+            eprintln!("{shown}: {who} is still not back in its balancers' pool after {TURN_TIMEOUT:?}; draining anyway");
+            return;
+        }
+        if who != said {
+            eprintln!("{shown}: restarting with other instances of group {}: waiting until {who} is serving and back in its load balancers' pool before draining", me.group.name);
+            said = who;
+        }
+        if extended.elapsed() > Duration::from_secs(5) {
+            // The stop timeout runs while we wait; keep it ahead of us.
+            let _ = drain::extend_stop_timeout(socket, Duration::from_secs(30));
+            extended = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn drain_command(arg: &str, wait: bool) -> i32 {
     let instance = match instance_string(arg) {
         Ok(i) => i,
@@ -841,13 +946,15 @@ fn drain_command(arg: &str, wait: bool) -> i32 {
         eprintln!("{shown}: the gateway has already exited; nothing to drain");
         return exit::OK;
     }
+    let (inst, _) = install::load(&Root::new("/"));
     // systemd gives ExecStop= the unit's runtime directory; by hand, the installation names it.
     let socket = match std::env::var_os("RUNTIME_DIRECTORY") {
         Some(dir) if std::env::var_os("INVOCATION_ID").is_some() => {
-            std::path::PathBuf::from(dir).join(drain::SOCKET_NAME)
+            let socket = std::path::PathBuf::from(dir).join(drain::SOCKET_NAME);
+            wait_for_turn(&inst, &instance, &shown, &socket);
+            socket
         }
         _ => {
-            let (inst, _) = install::load(&Root::new("/"));
             match inst
                 .instances
                 .iter()

@@ -174,6 +174,26 @@ pub struct LauncherStatus {
     pub pollers: Vec<Poller>,
 }
 
+/// Ask the launcher behind `socket` to extend systemd's stop timeout by `by` (EXTEND_TIMEOUT_USEC).
+pub fn extend_stop_timeout(socket: &Path, by: Duration) -> Result<(), DrainError> {
+    let io_err = |source: io::Error| DrainError::from_io(socket, source);
+    let mut stream = UnixStream::connect(socket).map_err(io_err)?;
+    stream
+        .write_all(format!("extend {}\n", by.as_millis()).as_bytes())
+        .map_err(io_err)?;
+    let mut line = String::new();
+    BufReader::new(stream)
+        .read_line(&mut line)
+        .map_err(io_err)?;
+    match line.trim() {
+        "extended" => Ok(()),
+        other => Err(DrainError::Protocol {
+            socket: socket.to_path_buf(),
+            answer: other.to_string(),
+        }),
+    }
+}
+
 /// Ask the launcher behind `socket` for its status.
 pub fn status(socket: &Path) -> Result<LauncherStatus, DrainError> {
     let io_err = |source: io::Error| DrainError::from_io(socket, source);

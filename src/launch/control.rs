@@ -138,6 +138,19 @@ fn handle(stream: UnixStream, policy: DrainPolicy, shared: &Shared) {
             let text = serde_json::to_string(&status).unwrap_or_default();
             let _ = out.write_all(format!("{text}\n").as_bytes());
         }
+        // `gatewayctl drain --wait` waits for its turn in a group's restart: systemd's stop
+        // timeout runs meanwhile, and only the main process may extend it.
+        other if other.starts_with("extend ") => match other["extend ".len()..].parse::<u32>() {
+            Ok(ms) => {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::ExtendTimeoutUsec(
+                    ms.saturating_mul(1000),
+                )]);
+                let _ = out.write_all(b"extended\n");
+            }
+            Err(_) => {
+                let _ = out.write_all(format!("unknown request {other:?}\n").as_bytes());
+            }
+        },
         other => {
             let _ = out.write_all(format!("unknown request {other:?}\n").as_bytes());
         }

@@ -55,6 +55,20 @@ pub trait Manager {
     fn get_unit_file_state(&self, file: &str) -> zbus::Result<String>;
     /// Reload unit files (`systemctl daemon-reload`).
     fn reload(&self) -> zbus::Result<()>;
+    /// Every queued job: id, unit, type, state, job path, unit path.
+    #[allow(clippy::type_complexity)]
+    fn list_jobs(
+        &self,
+    ) -> zbus::Result<
+        Vec<(
+            u32,
+            String,
+            String,
+            String,
+            OwnedObjectPath,
+            OwnedObjectPath,
+        )>,
+    >;
     /// Loaded units whose names match the patterns (`systemctl list-units PATTERN`).
     #[allow(clippy::type_complexity)]
     fn list_units_by_patterns(
@@ -354,6 +368,18 @@ impl Systemd {
         let calls = futures_util::stream::iter(units.iter().map(|u| unit_status(connection, u)))
             .buffered(MAX_PENDING_CALLS);
         zbus::block_on(calls.collect())
+    }
+
+    /// Every queued job as (unit, type: start/stop/restart/..., state: waiting/running).
+    pub fn jobs(&self) -> Result<Vec<(String, String, String)>, SystemdError> {
+        self.manager
+            .list_jobs()
+            .map(|jobs| {
+                jobs.into_iter()
+                    .map(|(_, unit, kind, state, _, _)| (unit, kind, state))
+                    .collect()
+            })
+            .map_err(|e| call_error("list jobs", e))
     }
 
     /// Reload unit files (what `systemctl daemon-reload` does; reruns the generators).

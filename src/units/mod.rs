@@ -213,21 +213,6 @@ pub fn render(inst: &Installation, legacy: &[LegacyUnit]) -> Vec<Entry> {
         );
         // The installation may be its own filesystem (/opt often is), mounted after boot began.
         let _ = writeln!(c, "RequiresMountsFor={mounts}");
-        // Jobs of units ordered one after the other run one after the other, restarts included:
-        // `systemctl restart gateway.target` (PartOf=) then restarts a group's instances of this
-        // host one at a time, each ready before the next one drains, never all at once.
-        if let Some(before) = inst.instances[..k]
-            .iter()
-            .rev()
-            .find(|o| o.group.id == i.group.id)
-        {
-            let _ = writeln!(
-                c,
-                "# One instance of group {} at a time: restarts of gateway.target roll.\nAfter={}",
-                plain(&i.group.name),
-                before.unit()
-            );
-        }
         c.push_str("\n[Service]\n");
         env(&mut c, "VDISTDIR", &dist);
         env(&mut c, "VINSTDIR", &i.dir.to_string_lossy());
