@@ -83,6 +83,53 @@ fn host_port(url: &str) -> (&str, u16) {
     (host, port.and_then(|p| p.parse().ok()).unwrap_or(default))
 }
 
+/// Take the instance directory's exclusive lock (flock on the directory itself: one inode
+/// whatever path or symlink reaches it), without close-on-exec so that the gateway inherits it.
+/// Err carries the exit status and what to tell the operator.
+pub fn lock_instance_dir(
+    dir: &std::path::Path,
+) -> Result<nix::fcntl::Flock<std::fs::File>, (i32, String)> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag, Flock, FlockArg};
+    let canonical = std::fs::canonicalize(dir).map_err(|e| {
+        (
+            EXIT_CONFIG,
+            format!(
+                "cannot check that no other copy runs: {}: {e}; the instance directory must exist and be readable by the unit's user",
+                dir.display()
+            ),
+        )
+    })?;
+    let file = std::fs::File::open(&canonical).map_err(|e| {
+        (
+            EXIT_CONFIG,
+            format!("cannot check that no other copy runs: {}: {e}", canonical.display()),
+        )
+    })?;
+    let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
+        if errno == nix::errno::Errno::EWOULDBLOCK {
+            (
+                EXIT_ALREADY_RUNNING,
+                format!(
+                    "another copy already runs from {} (it holds the directory's lock): another unit or launcher of the same instance, perhaps through a symlinked path; stop it first",
+                    canonical.display()
+                ),
+            )
+        } else {
+            (
+                EXIT_CONFIG,
+                format!("cannot check that no other copy runs: flock {}: {errno}", canonical.display()),
+            )
+        }
+    })?;
+    fcntl(&*lock, FcntlArg::F_SETFD(FdFlag::empty())).map_err(|e| {
+        (
+            EXIT_CONFIG,
+            format!("cannot hand the lock of {} to the gateway: {e}", canonical.display()),
+        )
+    })?;
+    Ok(lock)
+}
+
 /// Whether a health URL points at this host (the Node Manager's and gateways' own ports).
 fn is_loopback(url: &str) -> bool {
     let host = host_port(url).0;
@@ -304,6 +351,17 @@ fn run(config: LaunchConfig, handled: SigSet) -> i32 {
             return 1;
         }
     }
+    // Held (and inherited by the gateway) for the instance's whole life: a second launcher of
+    // the same directory, through whatever path or unit, cannot start beside it, even at the
+    // same moment. The probe below still catches a copy started outside our units.
+    let lock = match lock_instance_dir(&config.work_dir) {
+        Ok(lock) => lock,
+        Err((code, why)) => {
+            tracing::error!(message_id = journal::MSG_ALREADY_RUNNING, "{name}: {why}");
+            notify(&[NotifyState::Status(&format!("not started: {why}"))]);
+            return code;
+        }
+    };
     if let Some(addr) = already_running(&config.health_url) {
         tracing::error!(
             message_id = journal::MSG_ALREADY_RUNNING,
@@ -327,6 +385,8 @@ fn run(config: LaunchConfig, handled: SigSet) -> i32 {
     };
 
     let mut cmd = Command::new(&config.command[0]);
+    // Its own process group: signals reach a wrapper script and the JVM it started alike.
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     cmd.args(&config.command[1..])
         .current_dir(&config.work_dir)
         .stdin(if passphrase.is_some() {
@@ -392,13 +452,19 @@ fn run(config: LaunchConfig, handled: SigSet) -> i32 {
                     }
                 }
             } else {
-                let _ = kill(gateway, sig);
+                // The whole process group: a start_command wrapper that does not exec would
+                // otherwise leave the JVM to systemd's SIGKILL.
+                if nix::sys::signal::killpg(gateway, sig).is_err() {
+                    let _ = kill(gateway, sig);
+                }
                 let _ = tx.send(Event::Signal(sig));
             }
         })
         .expect("spawn the signal thread");
     // std's Child would reap on wait(); the signal thread does that now.
     std::mem::forget(child);
+    // The gateway holds its inherited copy of the lock; ours goes when the launcher exits.
+    let _lock = lock;
 
     supervise(&config, &shared, &rx, pid, &name)
 }

@@ -558,3 +558,67 @@ raise SystemExit('no question from gateway-launch --ask-passphrase')
     fs::remove_file(&agent)?;
     result
 }
+
+/// Two launchers of one instance directory started at the same moment, the second through a
+/// symlinked install path and on other ports (so no port probe can see the first): exactly one
+/// runs, the other exits 250 naming the directory's lock. Before the lock both ran.
+pub fn never_two_copies_even_at_the_same_moment(c: &Container) -> Result<(), Failed> {
+    stop(c, SERVER1);
+    c.ok(&["ln", "-sfn", "/opt/apigateway", "/opt/apigateway-link"])?;
+    let copy = "gateway-copy-test";
+    let _ = c.exec(&["systemctl", "reset-failed", &format!("{copy}.service")]);
+    let transient = [
+        "systemd-run",
+        "--quiet",
+        &format!("--unit={copy}"),
+        "-p",
+        "Type=notify",
+        "-p",
+        "RuntimeDirectory=gateway-copy-test",
+        "-p",
+        "TimeoutStartSec=20s",
+        "-E",
+        "VDISTDIR=/opt/apigateway-link",
+        "-E",
+        "VINSTDIR=/opt/apigateway-link/groups/group-2/instance-1",
+        "-E",
+        "GATEWAY_GROUP=group1",
+        "-E",
+        "GATEWAY_INSTANCE=server1",
+        "-E",
+        "GATEWAY_HEALTH_URL=http://127.0.0.1:18999/healthcheck",
+        "-E",
+        "GATEWAY_LB_HEALTH=",
+        "-E",
+        r#"GATEWAY_START_COMMAND=["/usr/libexec/gateway-systemd/gateway-demo","--listen","127.0.0.1:18999"]"#,
+        "/usr/libexec/gateway-systemd/gateway-launch",
+    ];
+    let second = c.spawn(&transient);
+    let first = c.exec(&["systemctl", "start", SERVER1]);
+    let second = second.wait_with_output()?;
+    let copy_result = c.property(&format!("{copy}.service"), "ExecMainStatus")?;
+    let unit_state = c.property(SERVER1, "ActiveState")?;
+    let unit_status = c.property(SERVER1, "ExecMainStatus")?;
+    let copy_log = c
+        .ok(&["journalctl", "--no-pager", "-o", "cat", "-u", &format!("{copy}.service")])
+        .unwrap_or_default();
+    let unit_log = journal(c, SERVER1, 0).unwrap_or_default();
+    let _ = c.exec(&["systemctl", "stop", &format!("{copy}.service")]);
+    let _ = c.exec(&["systemctl", "reset-failed", &format!("{copy}.service")]);
+    stop(c, SERVER1);
+    let _ = c.exec(&["rm", "-f", "/opt/apigateway-link"]);
+    let unit_ran = first.status.success() && unit_state == "active";
+    let copy_ran = second.status.success();
+    let refused_by_lock = |log: &str| log.contains("holds the directory's lock");
+    if unit_ran == copy_ran {
+        return Err(fail(format!(
+            "unit ran: {unit_ran} ({unit_state}, status {unit_status}), copy ran: {copy_ran} (status {copy_result}); exactly one may\ncopy's journal:\n{copy_log}"
+        )));
+    }
+    if !(refused_by_lock(&copy_log) || refused_by_lock(&unit_log)) {
+        return Err(fail(format!(
+            "the refused copy does not name the lock:\n{copy_log}\n{unit_log}"
+        )));
+    }
+    Ok(())
+}

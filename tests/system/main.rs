@@ -327,6 +327,10 @@ fn main() {
             launcher::passphrase_is_delivered_and_never_exposed,
         ),
         (
+            "launcher::never_two_copies_even_at_the_same_moment",
+            launcher::never_two_copies_even_at_the_same_moment,
+        ),
+        (
             "launcher::journal_fields_and_catalog",
             launcher::journal_fields_and_catalog,
         ),
