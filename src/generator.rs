@@ -198,12 +198,22 @@ pub fn plan(root: &Root) -> Plan {
         .iter()
         .filter(|i| i.settings.autostart)
         .count();
+    let held = installation
+        .instances
+        .iter()
+        .filter(|i| i.held.is_some())
+        .count();
     let mut summary = format!(
-        "{} instance(s) of host {:?} from {} ({} autostart), Node Manager: {}",
+        "{} instance(s) of host {:?} from {} ({} autostart{}), Node Manager: {}",
         installation.instances.len(),
         installation.host,
         installation.install_dir.display(),
         autostart,
+        if held > 0 {
+            format!(", {held} held by config errors: `gatewayctl check-config` lists them")
+        } else {
+            String::new()
+        },
         if installation.node_manager.is_some() {
             "yes"
         } else {

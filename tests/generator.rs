@@ -353,6 +353,62 @@ fn property_random_installations() -> Result<(), Failed> {
         .map_err(|e| Failed::from(e.to_string()))
 }
 
+/// `gatewayctl check-config` on the golden inputs: 0 on a good config, 1 on each broken one,
+/// every error naming the file, line and key where the bad value was written, and each
+/// setting's origin shown.
+fn check_config_names_where() -> Result<(), Failed> {
+    let run = |case: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_gatewayctl"))
+            .arg("check-config")
+            .env(
+                "GATEWAY_SYSTEMD_ROOT",
+                common::repo()
+                    .join("tests/generator")
+                    .join(case)
+                    .join("input"),
+            )
+            .output()
+            .expect("run gatewayctl check-config");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    let (code, out) = run("01-sample-install");
+    if code != Some(0) || !out.contains("drain_delay") || !out.contains("built-in default") {
+        return Err(format!("check-config on a good config: {code:?}\n{out}").into());
+    }
+    for (case, wants) in [
+        (
+            "12-config-syntax-error",
+            vec!["gateway.toml.d/50-broken.toml:2:", "HELD"],
+        ),
+        (
+            "13-config-bad-default",
+            vec![
+                "gateway.toml:3: [defaults] drain_delay",
+                "# /etc/gateway-systemd/gateway.toml:2 [defaults]",
+            ],
+        ),
+        (
+            "14-config-bad-instance-value",
+            vec![
+                "gateway.toml:6: [instances.\"group1/server1\"] lb_rise",
+                "gateway.toml:10: [instances.\"group1/server2\"] drain_mode",
+            ],
+        ),
+    ] {
+        let (code, out) = run(case);
+        if code != Some(1) || wants.iter().any(|w| !out.contains(w)) {
+            return Err(format!(
+                "check-config on {case}: exit {code:?}, expected 1 and {wants:?} in:\n{out}"
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
 fn main() {
     let args = Arguments::from_args();
     let dir = common::repo().join("tests/generator");
@@ -370,6 +426,10 @@ fn main() {
             Trial::test(name, move || golden_case(case))
         })
         .collect();
+    trials.push(Trial::test(
+        "check_config::names_file_line_and_key_and_fails_on_errors",
+        check_config_names_where,
+    ));
     trials.push(Trial::test(
         "property::random_installations_never_fail_and_always_verify",
         property_random_installations,

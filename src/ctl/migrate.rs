@@ -666,9 +666,23 @@ pub fn apply(systemd: &Systemd, inst: &Installation, root: &Root) -> i32 {
             }
             println!("stopped {} ({})", saved.legacy_unit, saved.what);
         }
-        if let Some(addr) =
-            health_url(inst, root, step.target).and_then(|u| crate::launch::already_running(&u))
+        // Our own unit of the instance may already serve it (gateway.target started it at
+        // boot, its legacy unit being masked): that copy is not outside systemd.
+        let (_, unit) = step.target.describe(inst);
+        if systemd
+            .status(&unit)
+            .is_ok_and(|s| is_running(&s.active_state))
         {
+            continue;
+        }
+        let Some(url) = health_url(inst, root, step.target) else {
+            eprintln!(
+                "migration stopped: cannot check that no copy of {} runs outside systemd: its health URL cannot be completed (see `gatewayctl check-config` and its conf/envSettings.props); {undo}",
+                saved.what
+            );
+            return exit::FAILED;
+        };
+        if let Some(addr) = crate::launch::already_running(&url) {
             eprintln!(
                 "migration stopped: {} still answers on {addr} with {} stopped: a copy runs outside systemd. \
                  Stop it with the vendor's tools (startinstance -k), then run `gatewayctl migrate-initd --apply` again; {undo}",

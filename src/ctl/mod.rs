@@ -116,6 +116,10 @@ pub enum Command {
         /// The instance.
         instance: String,
     },
+    /// Check the config as the generator reads it (like `nginx -t`): every problem with its
+    /// file and line, then each instance's resolved settings and where each came from. Exit 1
+    /// on any error.
+    CheckConfig,
     /// Start, stop or show the Node Manager.
     Nodemanager {
         /// start, stop or status.
@@ -307,6 +311,7 @@ pub fn main(cli: Cli) -> i32 {
         Command::List => Some("list"),
         Command::Logs { .. } => Some("logs"),
         Command::Drain { .. } => Some("drain"),
+        Command::CheckConfig => Some("check-config"),
         Command::MigrateInitd { .. } => Some("migrate-initd"),
         // The choice is recorded in a file of that host, which D-Bus cannot write.
         Command::Enable { .. } => Some("enable"),
@@ -328,6 +333,12 @@ pub fn main(cli: Cli) -> i32 {
     } = &cli.command
     {
         return logs(&inst, instance, *follow, *lines);
+    }
+    if let Command::CheckConfig = &cli.command {
+        // As the generator: a copy of a host's files can be checked too.
+        let root =
+            std::env::var_os(crate::generator::ROOT_ENV).map_or_else(|| Root::new("/"), Root::new);
+        return check_config(&root);
     }
     if let Command::List = &cli.command {
         print_list(&inst);
@@ -394,11 +405,80 @@ pub fn main(cli: Cli) -> i32 {
             from.as_deref(),
         )),
         Command::MigrateInitd { .. } => Ok(migrate::apply(&systemd, &inst, &Root::new("/"))),
-        Command::List | Command::Logs { .. } | Command::Drain { .. } => {
+        Command::List | Command::Logs { .. } | Command::Drain { .. } | Command::CheckConfig => {
             unreachable!("handled above")
         }
     };
     outcome.unwrap_or_else(|code| code)
+}
+
+/// `check-config`: the generator's view of the config, with where each setting came from.
+pub fn check_config(root: &Root) -> i32 {
+    let (config, _) = install::load_config(root);
+    let (inst, problems) = install::load(root);
+    let mut errors = 0;
+    for p in &problems {
+        let label = match p.severity {
+            install::Severity::Error => {
+                errors += 1;
+                "error"
+            }
+            install::Severity::Warning => "warning",
+            install::Severity::Notice => "notice",
+        };
+        println!("{label}: {}", p.error);
+    }
+    if !problems.is_empty() {
+        println!();
+    }
+    let defaults = install::builtin_defaults();
+    for i in &inst.instances {
+        let key = format!("{}/{}", i.group.name, i.name);
+        let state = match &i.held {
+            Some(reason) => {
+                format!("HELD by the config error at {reason}: not started until it is fixed")
+            }
+            None if i.settings.autostart => "ok, autostart".to_string(),
+            None => "ok, not autostart".to_string(),
+        };
+        println!("{key} ({}): {state}", i.unit());
+        let mut merged = defaults.clone();
+        merged.overlay(&config.defaults);
+        let own = config.instances.get(&key);
+        if let Some((p, _)) = own {
+            merged.overlay(p);
+        }
+        let values: std::collections::HashMap<&str, String> =
+            merged.set_fields().into_iter().collect();
+        for field in install::SettingsPatch::FIELDS {
+            let Some(value) = values.get(field) else {
+                continue;
+            };
+            let from = match (
+                config.instance_origins.get(&key).and_then(|o| o.get(field)),
+                config.defaults_origins.get(field),
+            ) {
+                (Some(o), _) => format!("{o} [instances.{key:?}]"),
+                (None, Some(o)) => format!("{o} [defaults]"),
+                (None, None) => "built-in default".to_string(),
+            };
+            println!("  {field:<22} = {value:<40} # {from}");
+        }
+    }
+    if inst.instances.is_empty() {
+        println!(
+            "no instance of host {:?} in {}",
+            inst.host,
+            install::Installation::topology_path(&inst.install_dir).display()
+        );
+    }
+    if errors > 0 {
+        println!("\n{errors} error(s): fix them, then `systemctl daemon-reload`");
+        1
+    } else {
+        println!("\nconfig ok");
+        0
+    }
 }
 
 fn print_list(inst: &Installation) {

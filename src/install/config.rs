@@ -57,32 +57,77 @@ pub struct SettingsPatch {
     pub lb_fall: Option<u32>,
 }
 
-impl SettingsPatch {
-    /// Apply `later` on top of `self`: every field `later` sets wins.
-    pub fn overlay(&mut self, later: &SettingsPatch) {
-        macro_rules! take {
-            ($($f:ident),*) => { $( if later.$f.is_some() { self.$f = later.$f.clone(); } )* };
+/// The settings, written once: overlaying, listing what is set and showing values all follow
+/// this list.
+macro_rules! settings_fields {
+    ($($f:ident),* $(,)?) => {
+        impl SettingsPatch {
+            /// Every setting's name, in the documented order.
+            pub const FIELDS: &'static [&'static str] = &[$(stringify!($f)),*];
+
+            /// Apply `later` on top of `self`: every field `later` sets wins.
+            pub fn overlay(&mut self, later: &SettingsPatch) {
+                $( if later.$f.is_some() { self.$f = later.$f.clone(); } )*
+            }
+
+            /// The fields this patch sets, with their values as TOML would write them.
+            pub fn set_fields(&self) -> Vec<(&'static str, String)> {
+                let mut out = Vec::new();
+                $( if let Some(v) = &self.$f { out.push((stringify!($f), v.shown())); } )*
+                out
+            }
         }
-        take!(
-            autostart,
-            health_url,
-            drain_delay,
-            stop_grace,
-            watchdog,
-            start_timeout,
-            cassandra,
-            credentials,
-            encrypted_credentials,
-            start_command,
-            lb_health_listen,
-            lb_health_path,
-            ask_passphrase,
-            after_nodemanager,
-            legacy_initd,
-            lb_rise,
-            drain_mode,
-            lb_fall
-        );
+    };
+}
+
+settings_fields!(
+    autostart,
+    health_url,
+    drain_delay,
+    stop_grace,
+    watchdog,
+    start_timeout,
+    cassandra,
+    credentials,
+    encrypted_credentials,
+    start_command,
+    lb_health_listen,
+    lb_health_path,
+    ask_passphrase,
+    after_nodemanager,
+    legacy_initd,
+    lb_rise,
+    drain_mode,
+    lb_fall,
+);
+
+/// A setting's value as TOML would write it.
+trait Shown {
+    fn shown(&self) -> String;
+}
+impl Shown for bool {
+    fn shown(&self) -> String {
+        self.to_string()
+    }
+}
+impl Shown for u32 {
+    fn shown(&self) -> String {
+        self.to_string()
+    }
+}
+impl Shown for String {
+    fn shown(&self) -> String {
+        format!("{self:?}")
+    }
+}
+impl Shown for TimeSpan {
+    fn shown(&self) -> String {
+        format!("\"{self}\"")
+    }
+}
+impl Shown for Vec<String> {
+    fn shown(&self) -> String {
+        format!("{self:?}")
     }
 }
 
@@ -116,10 +161,70 @@ pub struct Config {
     pub defaults: SettingsPatch,
     /// `[nodemanager]`: settings for the Node Manager.
     pub nodemanager: SettingsPatch,
+    /// Where each `[defaults]` setting was last written.
+    pub defaults_origins: BTreeMap<&'static str, Origin>,
+    /// Where each `[nodemanager]` setting was last written.
+    pub nodemanager_origins: BTreeMap<&'static str, Origin>,
     /// `[instances."group/instance"]`: per-instance settings, with where they were written.
     pub instances: BTreeMap<String, (SettingsPatch, Origin)>,
+    /// Per instance table, where each of its settings was last written.
+    pub instance_origins: BTreeMap<String, BTreeMap<&'static str, Origin>>,
     /// Instance tables that could not be read: the instance must not run on guessed settings.
     pub broken_instances: BTreeMap<String, InstallError>,
+    /// Files that could not be read or parsed, or hold a bad top-level value: they may set
+    /// anything, so every instance is held.
+    pub broken_files: Vec<InstallError>,
+}
+
+/// The 1-based line where `key` is set inside table `table` (`defaults`,
+/// `instances."g/i"`) of a TOML text; quotes and spaces in table headers do not matter.
+pub fn key_line(text: &str, table: &str, key: &str) -> Option<usize> {
+    let norm = |h: &str| -> String {
+        h.chars()
+            .filter(|c| !c.is_whitespace() && *c != '"' && *c != '\'')
+            .collect()
+    };
+    let want = norm(table);
+    let mut current = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim_start();
+        if let Some(rest) = t.strip_prefix('[') {
+            current = norm(rest.split(']').next().unwrap_or(""));
+            continue;
+        }
+        if current == want {
+            let bare = t.strip_prefix(key).map(str::trim_start);
+            let quoted = t.strip_prefix(&format!("\"{key}\"")).map(str::trim_start);
+            if bare.or(quoted).is_some_and(|r| r.starts_with('=')) {
+                return Some(i + 1);
+            }
+        }
+    }
+    None
+}
+
+/// Where each setting `patch` sets was written in `text`, table `table` starting at `fallback`.
+fn origins_of(
+    patch: &SettingsPatch,
+    text: &str,
+    path: &Path,
+    table: &str,
+    fallback: usize,
+) -> Vec<(&'static str, Origin)> {
+    patch
+        .set_fields()
+        .into_iter()
+        .map(|(field, _)| {
+            let line = key_line(text, table, field).unwrap_or(fallback);
+            (
+                field,
+                Origin {
+                    path: path.to_path_buf(),
+                    line,
+                },
+            )
+        })
+        .collect()
 }
 
 #[derive(Deserialize)]
@@ -203,6 +308,25 @@ impl Config {
         self.host = file.host.or(self.host.take());
         self.user = file.user.or(self.user.take());
         self.group = file.group.or(self.group.take());
+        let table_line = |name: &str| {
+            text.lines()
+                .position(|l| l.trim_start().starts_with(&format!("[{name}")))
+                .map_or(1, |i| i + 1)
+        };
+        self.defaults_origins.extend(origins_of(
+            &file.defaults,
+            text,
+            path,
+            "defaults",
+            table_line("defaults"),
+        ));
+        self.nodemanager_origins.extend(origins_of(
+            &file.nodemanager,
+            text,
+            path,
+            "nodemanager",
+            table_line("nodemanager"),
+        ));
         self.defaults.overlay(&file.defaults);
         self.nodemanager.overlay(&file.nodemanager);
         for (key, spanned) in file.instances {
@@ -213,6 +337,16 @@ impl Config {
             match spanned.into_inner().try_into::<SettingsPatch>() {
                 Ok(patch) => {
                     self.broken_instances.remove(&key);
+                    self.instance_origins
+                        .entry(key.clone())
+                        .or_default()
+                        .extend(origins_of(
+                            &patch,
+                            text,
+                            path,
+                            &format!("instances.\"{key}\""),
+                            origin.line,
+                        ));
                     let entry = self
                         .instances
                         .entry(key)

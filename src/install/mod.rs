@@ -86,8 +86,9 @@ pub enum InstallError {
         /// Why.
         detail: String,
     },
-    /// A config file does not parse; it is skipped whole.
-    #[error("{}:{line}: {detail}; this file is ignored until fixed", path.display())]
+    /// A config file does not parse (or sets a bad top-level value): it may set anything, so
+    /// every instance is held.
+    #[error("{}:{line}: {detail}; every instance is held (not started, legacy init scripts stay masked) until this is fixed", path.display())]
     ConfigSyntax {
         /// The file.
         path: PathBuf,
@@ -98,7 +99,7 @@ pub enum InstallError {
     },
     /// An `[instances."..."]` table does not parse; that instance is not generated.
     #[error(
-        "{origin}: [instances.{key:?}]: {detail}; the instance is not started until this is fixed"
+        "{origin}: [instances.{key:?}]: {detail}; the instance is held (not started, its legacy init script stays masked) until this is fixed"
     )]
     ConfigInstance {
         /// Where the table is.
@@ -381,12 +382,22 @@ pub struct Instance {
     pub settings: InstanceSettings,
     /// The unit's instance string (`group1-server1`).
     pub instance_string: String,
+    /// Held by a config error (where it was written): never started until it is fixed.
+    pub held: Option<String>,
 }
 
 impl Instance {
     /// `gateway@<instance string>.service`.
     pub fn unit(&self) -> String {
         crate::units::name::unit_of_instance_string(&self.instance_string)
+    }
+
+    /// Hold the instance: not started by gateway.target nor by hand, and the longest stop
+    /// timeout for a copy still running (its drain settings may be what the error hides).
+    pub fn hold(&mut self, reason: String) {
+        self.settings.autostart = false;
+        self.settings.drain_delay = MAX_DRAIN_DELAY;
+        self.held = Some(reason);
     }
 
     /// Its runtime directory below /run (`gateway/<group id>/<instance id>`), where the
@@ -521,10 +532,16 @@ pub fn load_config(root: &Root) -> (Config, Vec<Problem>) {
         match root.read(&path) {
             Ok(Some(text)) => match config.merge_file(&text, &path) {
                 Ok(found) => problems.extend(found.into_iter().map(Problem::error)),
-                Err(e) => problems.push(Problem::error(e)),
+                Err(e) => {
+                    config.broken_files.push(e.clone());
+                    problems.push(Problem::error(e));
+                }
             },
             Ok(None) => {}
-            Err(e) => problems.push(Problem::error(e)),
+            Err(e) => {
+                config.broken_files.push(e.clone());
+                problems.push(Problem::error(e));
+            }
         }
     }
     (config, problems)
@@ -683,6 +700,8 @@ fn resolve(
 
     let mut defaults = builtin_defaults();
     defaults.overlay(&config.defaults);
+    let mut held_all_by_defaults: Option<String> = None;
+    let mut reported: HashSet<String> = HashSet::new();
     let mut used_keys: HashSet<String> = HashSet::new();
     for s in &gateways {
         let dir = inst
@@ -738,12 +757,6 @@ fn resolve(
                 continue;
             }
         };
-        if config.broken_instances.contains_key(&key) {
-            // Already reported when the config was read; the instance stays out rather than
-            // running on settings the operator did not write.
-            reject(inst);
-            continue;
-        }
         if !root.is_dir(&dir) {
             problems.push(Problem::error(InstallError::InstanceDirMissing {
                 dir: dir.clone(),
@@ -757,31 +770,92 @@ fn resolve(
         if !s.enabled {
             patch.autostart = Some(false);
         }
-        let place = match config.instances.get(&key) {
-            Some((p, origin)) => {
-                patch.overlay(p);
-                origin.to_string()
-            }
-            None => format!("[instances.{key:?}]"),
-        };
+        if let Some((p, _)) = config.instances.get(&key) {
+            patch.overlay(p);
+        }
         let vars = UrlVars {
             management_port: s.management_port,
             scheme: &s.scheme,
         };
-        match settle(&patch, &vars, &place, &key) {
-            Ok(settings) => inst.instances.push(Instance {
-                group: s.group.clone(),
-                id: s.id.clone(),
-                name: s.name.clone(),
-                dir,
-                management_port: s.management_port,
-                settings,
-                instance_string,
-            }),
-            Err(e) => {
-                problems.push(Problem::error(e));
-                reject(inst);
+        // The fail-safe rule: a config error never falls back to a default. What it reaches
+        // is held: unit kept, never started, legacy script kept masked.
+        let (settings, held) = match (
+            config.broken_instances.get(&key),
+            settle(&patch, &vars, &key),
+        ) {
+            (None, Ok(settings)) => (Some(settings), None),
+            // Already reported when the config was read.
+            (Some(e), _) => (None, Some(held_reason(e))),
+            (None, Err((field, detail))) => {
+                let detail = detail
+                    .strip_prefix(&format!("{key}: "))
+                    .unwrap_or(&detail)
+                    .to_string();
+                let own = config.instance_origins.get(&key).and_then(|o| o.get(field));
+                let (place, detail, reason) = match (own, config.defaults_origins.get(field)) {
+                    (Some(o), _) => (
+                        o.to_string(),
+                        format!("[instances.{key:?}] {detail}; the instance is held (not started, its legacy init script stays masked) until this is fixed"),
+                        format!("{o}: {field}"),
+                    ),
+                    (None, Some(o)) => {
+                        held_all_by_defaults.get_or_insert_with(|| format!("{o}: {field}"));
+                        (
+                            o.to_string(),
+                            format!("[defaults] {detail}; every instance is held (not started, legacy init scripts stay masked) until this is fixed"),
+                            format!("{o}: {field}"),
+                        )
+                    }
+                    (None, None) => (
+                        topology_path.display().to_string(),
+                        format!("{key}: {detail}"),
+                        format!("{key}: {field}"),
+                    ),
+                };
+                if reported.insert(format!("{place}{detail}")) {
+                    problems.push(Problem::error(InstallError::BadSetting { place, detail }));
+                }
+                (None, Some(reason))
             }
+        };
+        // A held instance still gets a unit, so that a running copy drains and stops as usual.
+        let settings = match settings.map(Ok).unwrap_or_else(|| {
+            let mut p = builtin_defaults();
+            p.autostart = Some(false);
+            settle(&p, &vars, &key)
+        }) {
+            Ok(settings) => settings,
+            Err((_, detail)) => {
+                problems.push(Problem::error(InstallError::BadSetting {
+                    place: topology_path.display().to_string(),
+                    detail,
+                }));
+                reject(inst);
+                continue;
+            }
+        };
+        inst.instances.push(Instance {
+            group: s.group.clone(),
+            id: s.id.clone(),
+            name: s.name.clone(),
+            dir,
+            management_port: s.management_port,
+            settings,
+            instance_string,
+            held: None,
+        });
+        if let (Some(reason), Some(i)) = (held, inst.instances.last_mut()) {
+            i.hold(reason);
+        }
+    }
+    if let Some(reason) = config
+        .broken_files
+        .first()
+        .map(held_reason)
+        .or(held_all_by_defaults)
+    {
+        for i in inst.instances.iter_mut().filter(|i| i.held.is_none()) {
+            i.hold(reason.clone());
         }
     }
 
@@ -802,7 +876,7 @@ fn resolve(
             scheme: &nm.scheme,
         };
         let xml = inst.install_dir.join("system/conf/nodemanager.xml");
-        match settle(&patch, &vars, "[nodemanager]", "nodemanager") {
+        match settle(&patch, &vars, "nodemanager") {
             Ok(settings) => {
                 inst.node_manager = Some(NodeManager {
                     name: nm.name.clone(),
@@ -811,7 +885,20 @@ fn resolve(
                     settings,
                 })
             }
-            Err(e) => problems.push(Problem::error(e)),
+            Err((field, detail)) => problems.push(Problem::error(InstallError::BadSetting {
+                place: config
+                    .nodemanager_origins
+                    .get(field)
+                    .or(config.defaults_origins.get(field))
+                    .map_or_else(
+                        || "[nodemanager]".to_string(),
+                        |o| format!("{o}: [nodemanager]"),
+                    ),
+                detail: detail
+                    .strip_prefix("nodemanager: ")
+                    .unwrap_or(&detail)
+                    .to_string(),
+            })),
         }
     }
 
@@ -840,6 +927,16 @@ fn resolve(
         } else {
             Problem::warning(p)
         });
+    }
+}
+
+/// The short form of a config error for a held instance: where it is.
+fn held_reason(e: &InstallError) -> String {
+    match e {
+        InstallError::ConfigSyntax { path, line, .. } => format!("{}:{line}", path.display()),
+        InstallError::ConfigInstance { origin, .. } => origin.to_string(),
+        InstallError::Unreadable { path, .. } => format!("{} is unreadable", path.display()),
+        other => other.to_string(),
     }
 }
 
@@ -892,52 +989,51 @@ struct UrlVars<'a> {
 }
 
 /// Turn a fully layered patch into settings, checking every value.
+/// Err names the setting that is wrong and what is wrong with it.
 fn settle(
     patch: &SettingsPatch,
     vars: &UrlVars,
-    place: &str,
     key: &str,
-) -> Result<InstanceSettings, InstallError> {
-    let bad = |detail: String| InstallError::BadSetting {
-        place: place.to_string(),
-        detail,
-    };
+) -> Result<InstanceSettings, (&'static str, String)> {
     let template = patch.health_url.clone().unwrap_or_default();
     let mut health_url = template.replace("{scheme}", vars.scheme);
     if health_url.contains(MANAGEMENT_PORT_VAR) {
         let port = vars.management_port.ok_or_else(|| {
-            bad(format!("{key}: health_url {template:?} needs {MANAGEMENT_PORT_VAR} but managementPort in topology.json is not set; set it, or set health_url"))
+            ("health_url", format!("{key}: health_url {template:?} needs {MANAGEMENT_PORT_VAR} but managementPort in topology.json is not set; set it, or set health_url"))
         })?;
         health_url = health_url.replace(MANAGEMENT_PORT_VAR, &port.to_string());
     }
     if !(health_url.starts_with("http://") || health_url.starts_with("https://")) {
-        return Err(bad(format!(
-            "{key}: health_url {health_url:?} must start with http:// or https://"
-        )));
+        return Err((
+            "health_url",
+            format!("{key}: health_url {health_url:?} must start with http:// or https://"),
+        ));
     }
     let drain_delay = patch.drain_delay.unwrap_or_default();
     if drain_delay > MAX_DRAIN_DELAY {
-        return Err(bad(format!("{key}: drain_delay {drain_delay} is longer than the maximum of {MAX_DRAIN_DELAY}; use 0 to disable draining")));
+        return Err(("drain_delay", format!("{key}: drain_delay {drain_delay} is longer than the maximum of {MAX_DRAIN_DELAY}; use 0 to disable draining")));
     }
     let watchdog = patch.watchdog.unwrap_or_default();
     if !watchdog.is_zero() && watchdog < TimeSpan::secs(1) {
-        return Err(bad(format!(
-            "{key}: watchdog {watchdog} is too short; use at least 1s, or 0 to disable"
-        )));
+        return Err((
+            "watchdog",
+            format!("{key}: watchdog {watchdog} is too short; use at least 1s, or 0 to disable"),
+        ));
     }
     let start_timeout = patch.start_timeout.unwrap_or_default();
     let stop_grace = patch.stop_grace.unwrap_or_default();
     for (what, span) in [("start_timeout", start_timeout), ("stop_grace", stop_grace)] {
         if span < TimeSpan::secs(1) {
-            return Err(bad(format!(
-                "{key}: {what} {span} is too short; use at least 1s"
-            )));
+            return Err((
+                what,
+                format!("{key}: {what} {span} is too short; use at least 1s"),
+            ));
         }
     }
     let cassandra = match patch.cassandra.as_deref().unwrap_or("") {
         "" => None,
         unit if valid_unit_name(unit) => Some(unit.to_string()),
-        unit => return Err(bad(format!("{key}: cassandra {unit:?} is not a unit name; write e.g. \"cassandra.service\", or \"\" for none"))),
+        unit => return Err(("cassandra", format!("{key}: cassandra {unit:?} is not a unit name; write e.g. \"cassandra.service\", or \"\" for none"))),
     };
     let mut credentials = Vec::new();
     for (list, encrypted) in [
@@ -945,19 +1041,27 @@ fn settle(
         (&patch.encrypted_credentials, true),
     ] {
         for entry in list.iter().flatten() {
-            credentials
-                .push(parse_credential(entry, encrypted).map_err(|d| bad(format!("{key}: {d}")))?);
+            credentials.push(parse_credential(entry, encrypted).map_err(|d| {
+                (
+                    if encrypted {
+                        "encrypted_credentials"
+                    } else {
+                        "credentials"
+                    },
+                    format!("{key}: {d}"),
+                )
+            })?);
         }
     }
     if let Some(cmd) = &patch.start_command {
         if cmd.first().is_none_or(|c| !c.starts_with('/')) {
-            return Err(bad(format!("{key}: start_command must be a list whose first element is an absolute path, e.g. [\"/opt/apigateway/posix/bin/startinstance\", \"-h\", \"...\"]")));
+            return Err(("start_command", format!("{key}: start_command must be a list whose first element is an absolute path, e.g. [\"/opt/apigateway/posix/bin/startinstance\", \"-h\", \"...\"]")));
         }
     }
     let lb_health_listen = match patch.lb_health_listen.as_deref() {
         Some("") => None,
         Some(text) => Some(text.parse().map_err(|_| {
-            bad(format!("{key}: lb_health_listen {text:?} is not address:port; write e.g. \"0.0.0.0:18085\", or \"\" for none"))
+            ("lb_health_listen", format!("{key}: lb_health_listen {text:?} is not address:port; write e.g. \"0.0.0.0:18085\", or \"\" for none"))
         })?),
         None => vars
             .management_port
@@ -969,27 +1073,34 @@ fn settle(
         .clone()
         .unwrap_or_else(|| DEFAULT_LB_HEALTH_PATH.to_string());
     if !lb_health_path.starts_with('/') || lb_health_path.contains(char::is_whitespace) {
-        return Err(bad(format!(
+        return Err((
+            "lb_health_path",
+            format!(
             "{key}: lb_health_path {lb_health_path:?} must be a URL path like \"/healthchecklb\""
-        )));
+        ),
+        ));
     }
     let legacy_initd = patch.legacy_initd.unwrap_or(false);
     let lb_rise = patch.lb_rise.unwrap_or(DEFAULT_LB_RISE);
     let lb_fall = patch.lb_fall.unwrap_or(DEFAULT_LB_FALL);
     for (what, count) in [("lb_rise", lb_rise), ("lb_fall", lb_fall)] {
         if !(1..=100).contains(&count) {
-            return Err(bad(format!(
-                "{key}: {what} {count} must be between 1 and 100 (your load balancer's count)"
-            )));
+            return Err((
+                what,
+                format!(
+                    "{key}: {what} {count} must be between 1 and 100 (your load balancer's count)"
+                ),
+            ));
         }
     }
     let adaptive_drain_fall = match patch.drain_mode.as_deref().unwrap_or("fixed") {
         "fixed" => None,
         "adaptive" => Some(lb_fall),
         other => {
-            return Err(bad(format!(
-                "{key}: drain_mode {other:?} is neither \"fixed\" nor \"adaptive\""
-            )))
+            return Err((
+                "drain_mode",
+                format!("{key}: drain_mode {other:?} is neither \"fixed\" nor \"adaptive\""),
+            ))
         }
     };
     Ok(InstanceSettings {

@@ -8,6 +8,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// Set by the generator for an instance a config error holds: the launcher refuses to start.
+pub const HELD_VAR: &str = "GATEWAY_HELD";
+
 /// What can be wrong with the launcher's environment.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -18,6 +21,14 @@ pub enum ConfigError {
         var: &'static str,
         /// The unit.
         unit: String,
+    },
+    /// The generator held the instance: a config error reaches its settings.
+    #[error("{unit} is held by a config error: {reason}. It starts again once the config is fixed and `systemctl daemon-reload` has run; `gatewayctl check-config` shows every error")]
+    Held {
+        /// The unit.
+        unit: String,
+        /// The error, with its file and line.
+        reason: String,
     },
     /// A variable holds something unusable.
     #[error("{var}={value:?}: {why}")]
@@ -121,6 +132,9 @@ impl LaunchConfig {
             })?;
             (Role::Instance { group, instance }, unit)
         };
+        if let Some(reason) = get(HELD_VAR).filter(|v| !v.is_empty()) {
+            return Err(ConfigError::Held { unit, reason });
+        }
         let need = |var: &'static str| {
             get(var)
                 .filter(|v| !v.is_empty())

@@ -93,7 +93,12 @@ fn handle(stream: UnixStream, policy: DrainPolicy, shared: &Shared) {
                 return;
             };
             let left = until.saturating_duration_since(Instant::now());
-            if first {
+            if first && left.is_zero() {
+                tracing::info!(
+                    message_id = journal::MSG_DRAIN_BEGIN,
+                    "not serving yet (its LB health endpoint answered 503 all along): no drain needed"
+                );
+            } else if first {
                 tracing::info!(
                     message_id = journal::MSG_DRAIN_BEGIN,
                     "draining: LB health answers 503 for {}ms",

@@ -102,7 +102,10 @@ pub fn lock_instance_dir(
     let file = std::fs::File::open(&canonical).map_err(|e| {
         (
             EXIT_CONFIG,
-            format!("cannot check that no other copy runs: {}: {e}", canonical.display()),
+            format!(
+                "cannot check that no other copy runs: {}: {e}",
+                canonical.display()
+            ),
         )
     })?;
     let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
@@ -124,7 +127,10 @@ pub fn lock_instance_dir(
     fcntl(&*lock, FcntlArg::F_SETFD(FdFlag::empty())).map_err(|e| {
         (
             EXIT_CONFIG,
-            format!("cannot hand the lock of {} to the gateway: {e}", canonical.display()),
+            format!(
+                "cannot hand the lock of {} to the gateway: {e}",
+                canonical.display()
+            ),
         )
     })?;
     Ok(lock)

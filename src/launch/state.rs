@@ -141,6 +141,14 @@ impl Shared {
         match *p {
             Phase::Draining { until } => Some((until, false)),
             Phase::Stopping => None,
+            // Never ready: its LB endpoint has answered 503 all along, so no balancer has it in
+            // its pool and there is nothing to wait for.
+            Phase::Starting => {
+                let until = Instant::now();
+                *p = Phase::Draining { until };
+                self.changed.notify_all();
+                Some((until, true))
+            }
             _ => {
                 let until = Instant::now() + delay;
                 *p = Phase::Draining { until };
@@ -187,6 +195,14 @@ impl Shared {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_instance_that_never_served_drains_at_once() {
+        let shared = Shared::default();
+        let (until, first) = shared.drain_until(Duration::from_secs(30)).unwrap();
+        assert!(first && until <= Instant::now());
+        assert!(shared.wait_drained());
+    }
 
     #[test]
     fn pollers_keep_streaks_per_address_and_agent() {

@@ -214,6 +214,12 @@ pub fn render(inst: &Installation, legacy: &[LegacyUnit]) -> Vec<Entry> {
         // The installation may be its own filesystem (/opt often is), mounted after boot began.
         let _ = writeln!(c, "RequiresMountsFor={mounts}");
         c.push_str("\n[Service]\n");
+        if let Some(reason) = &i.held {
+            // The fail-safe rule: the launcher refuses to start it; a running copy still
+            // drains and stops through this unit.
+            c.push_str("# Held by a config error: not started until it is fixed (gatewayctl check-config).\n");
+            env(&mut c, crate::launch::config::HELD_VAR, reason);
+        }
         env(&mut c, "VDISTDIR", &dist);
         env(&mut c, "VINSTDIR", &i.dir.to_string_lossy());
         env(&mut c, "GATEWAY_GROUP", &i.group.name);

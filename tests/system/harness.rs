@@ -13,6 +13,34 @@ use std::time::{Duration, Instant};
 
 static SEQ: AtomicUsize = AtomicUsize::new(0);
 
+/// Environment variable naming another root filesystem to boot instead of the host's own
+/// (e.g. the Debian 13 root `.ci/debian13-root` makes, for systemd 257).
+pub const LOWER_ROOT_ENV: &str = "GATEWAY_TEST_LOWER_ROOT";
+
+/// The overlay's lower layer: the host's root, or [`LOWER_ROOT_ENV`].
+pub fn lower_root() -> PathBuf {
+    std::env::var_os(LOWER_ROOT_ENV)
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| PathBuf::from("/"), PathBuf::from)
+}
+
+/// The version of systemd in a root filesystem (`systemctl --version`, run on that root's
+/// binary through its own loader), or "unknown".
+pub fn systemd_version(root: &Path) -> String {
+    let out = Command::new("chroot")
+        .arg(root)
+        .args(["systemctl", "--version"])
+        .output();
+    out.ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .nth(1)
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
 /// Why the system tests cannot run here, or None when they can.
 pub fn missing_prerequisite() -> Option<String> {
     if !nix_is_root() {
@@ -31,14 +59,26 @@ pub fn missing_prerequisite() -> Option<String> {
             ));
         }
     }
-    // gatewayctl -H is tested against the container's own sshd, rolling restarts under HAProxy.
-    if !Path::new("/usr/sbin/sshd").exists() || !Path::new("/usr/bin/ssh").exists() {
-        return Some(
-            "ssh or sshd is not installed (apt-get install openssh-server openssh-client)".into(),
-        );
+    // gatewayctl -H is tested against the container's own sshd, rolling restarts under HAProxy:
+    // both run inside, from the root the container boots.
+    let lower = lower_root();
+    if !lower.join("usr/lib/systemd/systemd").exists() {
+        return Some(format!(
+            "{} is not a root filesystem with systemd ({LOWER_ROOT_ENV}; .ci/debian13-root makes one)",
+            lower.display()
+        ));
     }
-    if !Path::new("/usr/sbin/haproxy").exists() {
-        return Some("haproxy is not installed (apt-get install haproxy)".into());
+    if !lower.join("usr/sbin/sshd").exists() || !lower.join("usr/bin/ssh").exists() {
+        return Some(format!(
+            "ssh or sshd is not installed in {} (apt-get install openssh-server openssh-client)",
+            lower.display()
+        ));
+    }
+    if !lower.join("usr/sbin/haproxy").exists() {
+        return Some(format!(
+            "haproxy is not installed in {} (apt-get install haproxy)",
+            lower.display()
+        ));
     }
     if !fs::read_to_string("/proc/filesystems")
         .unwrap_or_default()
@@ -106,7 +146,8 @@ impl Container {
         run(Command::new("mount")
             .args(["-t", "overlay", "overlay", "-o"])
             .arg(format!(
-                "lowerdir=/,upperdir={},workdir={}",
+                "lowerdir={},upperdir={},workdir={}",
+                lower_root().display(),
                 upper.join("u").display(),
                 upper.join("w").display()
             ))

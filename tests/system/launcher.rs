@@ -600,7 +600,14 @@ pub fn never_two_copies_even_at_the_same_moment(c: &Container) -> Result<(), Fai
     let unit_state = c.property(SERVER1, "ActiveState")?;
     let unit_status = c.property(SERVER1, "ExecMainStatus")?;
     let copy_log = c
-        .ok(&["journalctl", "--no-pager", "-o", "cat", "-u", &format!("{copy}.service")])
+        .ok(&[
+            "journalctl",
+            "--no-pager",
+            "-o",
+            "cat",
+            "-u",
+            &format!("{copy}.service"),
+        ])
         .unwrap_or_default();
     let unit_log = journal(c, SERVER1, 0).unwrap_or_default();
     let _ = c.exec(&["systemctl", "stop", &format!("{copy}.service")]);

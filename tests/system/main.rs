@@ -424,6 +424,12 @@ fn main() {
     );
     if let Some(why) = &missing {
         eprintln!("skipping system tests: {why}");
+    } else {
+        eprintln!(
+            "system tests boot {} (systemd {})",
+            harness::lower_root().display(),
+            harness::systemd_version(&harness::lower_root())
+        );
     }
     let conclusion = libtest_mimic::run(&args, trials);
     // Power the shared container off before exiting (process::exit runs no destructors).
