@@ -992,7 +992,14 @@ fn wait_for_turn(inst: &Installation, instance: &str, shown: &str, socket: &std:
                 break;
             }
         }
-        let Some(who) = waiting_for else { return };
+        let Some(who) = waiting_for else {
+            if !said.is_empty() {
+                // The wait used up the stop timeout systemd started with: cover the drain and
+                // the exit after it again.
+                let _ = drain::extend_stop_timeout(socket, me.settings.stop_timeout().0);
+            }
+            return;
+        };
         if started.elapsed() > TURN_TIMEOUT {
             eprintln!("{shown}: {who} is still not back in its balancers' pool after {TURN_TIMEOUT:?}; draining anyway");
             return;

@@ -469,8 +469,9 @@ fn run(config: LaunchConfig, handled: SigSet) -> i32 {
         .expect("spawn the signal thread");
     // std's Child would reap on wait(); the signal thread does that now.
     std::mem::forget(child);
-    // The gateway holds its inherited copy of the lock; ours goes when the launcher exits.
-    let _lock = lock;
+    // Never unlocked by us: flock's unlock would release the gateway's inherited copy too.
+    // The lock goes when the last of the launcher and the gateway exits.
+    std::mem::forget(lock);
 
     supervise(&config, &shared, &rx, pid, &name)
 }

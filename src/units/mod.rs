@@ -311,6 +311,8 @@ pub fn render_regenerate(install_dir: &Path) -> Vec<Entry> {
          Description=API Gateway units of {shown_plain}, once it is mounted\n\
          Documentation=https://github.com/gateway-systemd/gateway-systemd\n\
          RequiresMountsFor={shown}\n\
+         # No installation there even once mounted: nothing to reload for.\n\
+         ConditionPathExists={topology_path}\n\
          Before=gateway.target\n\
          \n\
          [Service]\n\
@@ -322,6 +324,7 @@ pub fn render_regenerate(install_dir: &Path) -> Vec<Entry> {
          ExecStart=/bin/sh -c \"/usr/bin/systemctl daemon-reload && exec /usr/bin/systemctl start --no-block gateway.target\"\n",
         topology = plain(&crate::install::Installation::topology_path(install_dir).to_string_lossy()),
         shown = quote(&dir),
+        topology_path = plain(&crate::install::Installation::topology_path(install_dir).to_string_lossy()),
         shown_plain = plain(&dir),
     );
     vec![
