@@ -32,8 +32,8 @@ To try it on a copy of a host's files: GATEWAY_SYSTEMD_ROOT=/path/to/tree gatewa
 
 /// Where log lines go.
 pub enum Log {
-    /// The kernel log (what systemd's own generators use), with how many records went there.
-    Kmsg(usize),
+    /// The kernel log (what systemd's own generators use).
+    Kmsg,
     /// Standard error, plain lines.
     Stderr,
 }
@@ -47,7 +47,7 @@ impl Log {
     /// /dev/kmsg when writable and `prefer_stderr` is false, else stderr.
     pub fn open(prefer_stderr: bool) -> Log {
         if !prefer_stderr && OpenOptions::new().write(true).open("/dev/kmsg").is_ok() {
-            return Log::Kmsg(0);
+            return Log::Kmsg;
         }
         Log::Stderr
     }
@@ -61,8 +61,7 @@ impl Log {
         };
         match self {
             // One write() is one kmsg record.
-            Log::Kmsg(written) => {
-                *written += 1;
+            Log::Kmsg => {
                 if let Ok(mut f) = OpenOptions::new().write(true).open("/dev/kmsg") {
                     let _ = f.write_all(format!("<{prio}>gateway-generator: {msg}\n").as_bytes());
                 }
@@ -75,7 +74,7 @@ impl Log {
     /// warnings first, then a line with the count of the rest and where to read them.
     pub fn all(&mut self, messages: &[(Severity, String)]) {
         let mut ordered: Vec<&(Severity, String)> = messages.iter().collect();
-        if matches!(self, Log::Kmsg(_)) && messages.len() > KMSG_MAX_RECORDS {
+        if matches!(self, Log::Kmsg) && messages.len() > KMSG_MAX_RECORDS {
             // Stable: the summary (the last notice) stays after the other notices.
             ordered.sort_by_key(|(severity, _)| *severity);
             let shown = KMSG_MAX_RECORDS - 1;

@@ -825,28 +825,13 @@ fn rollback_config_text(manifest: &Manifest) -> String {
     for saved in &manifest.scripts {
         match &saved.instance {
             Some(key) => {
-                let quoted = toml_string(key);
+                let quoted = install::config::toml_string(key);
                 text.push_str(&format!("\n[instances.{quoted}]\nlegacy_initd = true\n"));
             }
             None => text.push_str("\n[nodemanager]\nlegacy_initd = true\n"),
         }
     }
     text
-}
-
-/// A TOML basic string.
-fn toml_string(s: &str) -> String {
-    let mut out = String::from('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 /// `migrate-initd --rollback`: from the newest backup, or `from`.

@@ -414,8 +414,7 @@ pub fn main(cli: Cli) -> i32 {
 
 /// `check-config`: the generator's view of the config, with where each setting came from.
 pub fn check_config(root: &Root) -> i32 {
-    let (config, _) = install::load_config(root);
-    let (inst, problems) = install::load(root);
+    let (config, inst, problems) = install::load_with_config(root);
     let mut errors = 0;
     for p in &problems {
         let label = match p.severity {
@@ -914,28 +913,24 @@ const TURN_TIMEOUT: Duration = Duration::from_secs(900);
 /// restart of several instances at once thus rolls through each group instead of draining
 /// all of it together. A stop (or shutdown) does not wait: it takes the instance away anyway.
 fn wait_for_turn(inst: &Installation, instance: &str, shown: &str, socket: &std::path::Path) {
-    let Some(me) = inst
+    let Some(my_index) = inst
         .instances
         .iter()
-        .find(|i| i.instance_string == instance)
+        .position(|i| i.instance_string == instance)
     else {
         eprintln!("{shown}: not an instance of this host's installation as this user reads it; draining without waiting for the rest of its group");
         return;
     };
+    let me = &inst.instances[my_index];
     let siblings: Vec<(usize, &Instance)> = inst
         .instances
         .iter()
         .enumerate()
-        .filter(|(_, i)| i.group.id == me.group.id && i.instance_string != me.instance_string)
+        .filter(|(k, i)| i.group.id == me.group.id && *k != my_index)
         .collect();
     if siblings.is_empty() {
         return;
     }
-    let my_index = inst
-        .instances
-        .iter()
-        .position(|i| i.instance_string == me.instance_string)
-        .unwrap_or(0);
     let systemd = match Systemd::system() {
         Ok(s) => s,
         Err(e) => {
@@ -955,11 +950,7 @@ fn wait_for_turn(inst: &Installation, instance: &str, shown: &str, socket: &std:
                 return;
             }
         };
-        let job_of = |u: &str| {
-            jobs.iter()
-                .find(|(n, _, _)| n == u)
-                .map(|(_, t, _)| t.as_str())
-        };
+        let job_of = |u: &str| jobs.iter().find(|(n, _)| n == u).map(|(_, t)| t.as_str());
         if job_of(&unit) != Some("restart") {
             return;
         }

@@ -49,7 +49,11 @@ pub fn render(choices: &BTreeMap<String, bool>) -> String {
          # `systemctl daemon-reload` to go back to what the config says.\n",
     );
     for (key, on) in choices {
-        let _ = write!(out, "\n[instances.{}]\nautostart = {on}\n", toml_key(key));
+        let _ = write!(
+            out,
+            "\n[instances.{}]\nautostart = {on}\n",
+            super::config::toml_string(key)
+        );
     }
     out
 }
@@ -66,23 +70,6 @@ pub fn record(root: &Root, changes: &[(String, bool)]) -> Result<(), String> {
     }
     write_atomic(&path, render(&choices).as_bytes(), 0o644)
         .map_err(|e| format!("{}: {e}", path.display()))
-}
-
-/// A TOML basic string holding `key`.
-fn toml_key(key: &str) -> String {
-    let mut out = String::from("\"");
-    for c in key.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => {
-                let _ = write!(out, "\\u{:04X}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 #[cfg(test)]

@@ -176,6 +176,21 @@ pub struct Config {
     pub broken_files: Vec<InstallError>,
 }
 
+/// A TOML basic string holding `s` (for the files we write: keys and values alike).
+pub fn toml_string(s: &str) -> String {
+    let mut out = String::from('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
 /// The 1-based line where `key` is set inside table `table` (`defaults`,
 /// `instances."g/i"`) of a TOML text; quotes and spaces in table headers do not matter.
 pub fn key_line(text: &str, table: &str, key: &str) -> Option<usize> {

@@ -550,6 +550,13 @@ pub fn load_config(root: &Root) -> (Config, Vec<Problem>) {
 /// Read the whole installation under `root`. Never fails: what cannot be read is a problem,
 /// and the installation holds whatever could be trusted.
 pub fn load(root: &Root) -> (Installation, Vec<Problem>) {
+    let (_, inst, problems) = load_with_config(root);
+    (inst, problems)
+}
+
+/// [`load`], with the merged config it read (for `gatewayctl check-config`, which shows where
+/// each setting came from).
+pub fn load_with_config(root: &Root) -> (Config, Installation, Vec<Problem>) {
     let (config, mut problems) = load_config(root);
     let install_dir = config
         .install_dir
@@ -621,7 +628,7 @@ pub fn load(root: &Root) -> (Installation, Vec<Problem>) {
         &mut inst,
         &mut problems,
     );
-    (inst, problems)
+    (config, inst, problems)
 }
 
 /// Select this host's services and resolve their settings.

@@ -141,15 +141,13 @@ impl Shared {
         match *p {
             Phase::Draining { until } => Some((until, false)),
             Phase::Stopping => None,
-            // Never ready: its LB endpoint has answered 503 all along, so no balancer has it in
-            // its pool and there is nothing to wait for.
-            Phase::Starting => {
-                let until = Instant::now();
-                *p = Phase::Draining { until };
-                self.changed.notify_all();
-                Some((until, true))
-            }
-            _ => {
+            phase => {
+                // Never ready: its LB endpoint has answered 503 all along, so no balancer has
+                // it in its pool and there is nothing to wait for.
+                let delay = match phase {
+                    Phase::Starting => Duration::ZERO,
+                    _ => delay,
+                };
                 let until = Instant::now() + delay;
                 *p = Phase::Draining { until };
                 self.changed.notify_all();

@@ -370,13 +370,13 @@ impl Systemd {
         zbus::block_on(calls.collect())
     }
 
-    /// Every queued job as (unit, type: start/stop/restart/..., state: waiting/running).
-    pub fn jobs(&self) -> Result<Vec<(String, String, String)>, SystemdError> {
+    /// Every queued job as (unit, type: start/stop/restart/...).
+    pub fn jobs(&self) -> Result<Vec<(String, String)>, SystemdError> {
         self.manager
             .list_jobs()
             .map(|jobs| {
                 jobs.into_iter()
-                    .map(|(_, unit, kind, state, _, _)| (unit, kind, state))
+                    .map(|(_, unit, kind, _, _, _)| (unit, kind))
                     .collect()
             })
             .map_err(|e| call_error("list jobs", e))

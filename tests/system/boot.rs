@@ -64,17 +64,7 @@ pub fn boot_autostart_separate_mount_enable_disable_reboot() -> Result<(), Faile
         setup_host(root, &crate::common::repo().join("demo/domain"))?;
         separate_install_mount(root)
     })?;
-    let state = c.wait_until_booted(std::time::Duration::from_secs(90))?;
-    let failed = c.ok(&[
-        "systemctl",
-        "list-units",
-        "--failed",
-        "--no-legend",
-        "--plain",
-    ])?;
-    check(state == "running", || {
-        format!("first boot: system state {state:?}; failed units:\n{failed}")
-    })?;
+    c.wait_until_running(std::time::Duration::from_secs(90), "first boot")?;
     let mounted = c.ok(&["findmnt", "-n", "-o", "TARGET", "/opt/apigateway"])?;
     check(mounted.trim() == "/opt/apigateway", || {
         format!("/opt/apigateway is not a mount point: {mounted}")
@@ -132,10 +122,7 @@ pub fn boot_autostart_separate_mount_enable_disable_reboot() -> Result<(), Faile
     )?;
 
     c.reboot()?;
-    let state = c.wait_until_booted(std::time::Duration::from_secs(90))?;
-    check(state == "running", || {
-        format!("second boot: state {state:?}")
-    })?;
+    c.wait_until_running(std::time::Duration::from_secs(90), "second boot")?;
     expect_running(
         &c,
         &[SERVER2, SERVER3, EDGE, NODE_MANAGER],

@@ -355,6 +355,25 @@ impl Container {
             .to_string())
     }
 
+    /// Wait until boot is over and require the state "running": no unit failed (Err lists
+    /// the failed units, prefixed with `when`).
+    pub fn wait_until_running(&self, timeout: Duration, when: &str) -> Result<(), String> {
+        let state = self.wait_until_booted(timeout)?;
+        if state == "running" {
+            return Ok(());
+        }
+        let failed = self.ok(&[
+            "systemctl",
+            "list-units",
+            "--failed",
+            "--no-legend",
+            "--plain",
+        ])?;
+        Err(format!(
+            "{when}: system state {state:?}; failed units:\n{failed}"
+        ))
+    }
+
     /// Poll `systemctl is-system-running` until boot is over; returns the final state.
     pub fn wait_until_booted(&self, timeout: Duration) -> Result<String, String> {
         let deadline = Instant::now() + timeout;
