@@ -17,7 +17,7 @@ Endpoints:
   GET  /healthcheck              200 once started (503 during --start-delay)
   GET  /echo?x=1&delay_ms=N      echoes the query (after N ms)
   POST /echo?delay_ms=N          echoes the body
-  GET  /demo/status              JSON: state, pid, passphrase length, first healthy answer (µs since epoch)
+  GET  /demo/status              JSON: state, pid, passphrase length and digest, first healthy answer (µs since epoch)
   POST /demo/hang                stop answering anything (the process stays alive)
   POST /demo/crash               abort (SIGABRT)
   POST /demo/ignore-sigterm?secs=N  keep running N s after SIGTERM
@@ -51,6 +51,18 @@ pub struct Options {
     pub boot_trace: Option<String>,
 }
 
+/// What `/demo/status` reports of the passphrase the demo read (the line without its newline),
+/// so that a test can tell it got exactly the secret without the secret being shown: 16 hex
+/// digits of std's `DefaultHasher` (SipHash-1-3 with fixed keys). Deterministic for one build,
+/// which is all the tests need (they call this function of the same build); not a
+/// cryptographic commitment, and not meant for real passphrases.
+pub fn passphrase_digest(secret: &[u8]) -> String {
+    use std::hash::Hasher;
+    let mut h = std::hash::DefaultHasher::new();
+    h.write(secret);
+    format!("{:016x}", h.finish())
+}
+
 fn parse_span(s: &str) -> Result<Duration, String> {
     crate::install::TimeSpan::parse(s).map(|t| t.0)
 }
@@ -62,6 +74,7 @@ struct State {
     ignore_sigterm_ms: AtomicU64,
     first_healthy_us: AtomicU64,
     passphrase_bytes: usize,
+    passphrase_digest: Option<String>,
     options: serde_json::Value,
 }
 
@@ -96,7 +109,7 @@ pub fn main(opts: Options) -> i32 {
     term.add(nix::sys::signal::Signal::SIGTERM);
     let _ = term.thread_block();
 
-    let mut passphrase_bytes = 0;
+    let (mut passphrase_bytes, mut passphrase_digest) = (0, None);
     if opts.require_passphrase {
         let mut line = String::new();
         let _ = std::io::stdin().lock().read_line(&mut line);
@@ -106,6 +119,7 @@ pub fn main(opts: Options) -> i32 {
             return 2;
         }
         passphrase_bytes = secret.len();
+        passphrase_digest = Some(self::passphrase_digest(secret.as_bytes()));
         println!("gateway-demo: passphrase received ({passphrase_bytes} bytes)");
     }
     let listen = opts.listen.unwrap_or_else(default_listen);
@@ -123,6 +137,7 @@ pub fn main(opts: Options) -> i32 {
         ignore_sigterm_ms: AtomicU64::new(opts.ignore_sigterm.as_millis() as u64),
         first_healthy_us: AtomicU64::new(0),
         passphrase_bytes,
+        passphrase_digest,
         options: serde_json::json!({"properties": opts.properties, "quiet": opts.quiet, "boot_trace": opts.boot_trace}),
     });
     println!(
@@ -198,6 +213,7 @@ fn serve(mut request: tiny_http::Request, state: &State) {
                 "state": if state.started.elapsed() >= state.start_delay { "started" } else { "starting" },
                 "pid": std::process::id(),
                 "passphrase_bytes": state.passphrase_bytes,
+                "passphrase_digest": state.passphrase_digest,
                 "first_healthy_us": state.first_healthy_us.load(Ordering::SeqCst),
                 "options": state.options,
             })

@@ -5,7 +5,7 @@
 //! It must never fail boot: whatever cannot be read is logged (to /dev/kmsg, or stderr in tests)
 //! and skipped, and it exits 0. No network, no D-Bus, no subprocesses.
 
-use crate::initd::{self, Mapping};
+use crate::initd::{self, Fate};
 use crate::install::{self, Installation, Problem, Root, Severity};
 use crate::units::{self, Entry, LegacyUnit};
 use std::collections::HashSet;
@@ -138,43 +138,47 @@ pub fn plan(root: &Root) -> Plan {
     let mut legacy = Vec::new();
     let mut masked_summary = Vec::new();
     for script in &scripts {
-        match lookup.map(script) {
-            Mapping::Mapped { target, rule } => {
+        let fate = lookup.fate(script);
+        let shown = script.path.display();
+        match &fate {
+            Fate::Replaced {
+                target,
+                legacy_unit,
+                rule,
+            } => {
                 let (what, _) = target.describe(&installation);
-                match script.sysv_unit() {
-                    Some(unit) => {
-                        let Some(settings) = target.settings(&installation) else {
-                            continue;
-                        };
-                        let mask = !settings.legacy_initd;
-                        if mask {
-                            masked_summary.push(format!("{unit} ({what}, by {rule})"));
-                        } else {
-                            messages.push((
-                                Severity::Notice,
-                                format!(
-                                    "{}: {what} is left to this script (legacy_initd = true); {unit} is not masked",
-                                    script.path.display()
-                                ),
-                            ));
-                        }
-                        legacy.push(LegacyUnit { unit, target, mask });
-                    }
-                    None => messages.push((
-                        Severity::Warning,
-                        format!(
-                            "{}: starts {what} but its name cannot be a unit name; left alone",
-                            script.path.display()
-                        ),
-                    )),
-                }
+                masked_summary.push(format!("{legacy_unit} ({what}, by {rule})"));
             }
-            Mapping::Unmapped { reason } => {
+            Fate::LeftToScript {
+                target,
+                legacy_unit,
+                ..
+            } => {
+                let (what, _) = target.describe(&installation);
                 messages.push((
-                    Severity::Warning,
-                    format!("{}: left alone: {reason}", script.path.display()),
+                    Severity::Notice,
+                    format!("{shown}: {what} is left to this script (legacy_initd = true); {legacy_unit} is not masked"),
                 ));
             }
+            Fate::Unnamable { target } => {
+                let (what, _) = target.describe(&installation);
+                messages.push((
+                    Severity::Warning,
+                    format!(
+                        "{shown}: starts {what} but its name cannot be a unit name; left alone"
+                    ),
+                ));
+            }
+            Fate::LeftAlone { reason } => {
+                messages.push((Severity::Warning, format!("{shown}: left alone: {reason}")))
+            }
+        }
+        if let Some((target, unit)) = fate.mapped() {
+            legacy.push(LegacyUnit {
+                unit: unit.to_string(),
+                target,
+                mask: matches!(fate, Fate::Replaced { .. }),
+            });
         }
     }
     let mut entries = units::render(&installation, &legacy);

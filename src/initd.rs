@@ -139,6 +139,60 @@ pub enum Mapping {
     },
 }
 
+/// What happens to a legacy script: decided here once, for the generator (which masks), the
+/// migration plan (which says so) and `migrate-initd --apply` (which moves it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fate {
+    /// It starts nothing of this host's installation: left alone, its legacy unit usable.
+    LeftAlone {
+        /// Why, in the operator's words.
+        reason: String,
+    },
+    /// It starts `target`, but its file name cannot be a unit name: left alone.
+    Unnamable {
+        /// What it starts.
+        target: Target,
+    },
+    /// It starts `target`, which `legacy_initd = true` leaves to it: its unit stays usable.
+    LeftToScript {
+        /// What it starts.
+        target: Target,
+        /// Its unit from systemd-sysv-generator.
+        legacy_unit: String,
+        /// Which part of the script said what it starts.
+        rule: Rule,
+    },
+    /// It starts `target`, whose unit replaces it: its legacy unit is masked and `--apply`
+    /// moves the script away.
+    Replaced {
+        /// What it starts.
+        target: Target,
+        /// Its unit from systemd-sysv-generator.
+        legacy_unit: String,
+        /// Which part of the script said what it starts.
+        rule: Rule,
+    },
+}
+
+impl Fate {
+    /// The target and legacy unit of a script our units take over or leave to it.
+    pub fn mapped(&self) -> Option<(Target, &str)> {
+        match self {
+            Fate::LeftToScript {
+                target,
+                legacy_unit,
+                ..
+            }
+            | Fate::Replaced {
+                target,
+                legacy_unit,
+                ..
+            } => Some((*target, legacy_unit)),
+            _ => None,
+        }
+    }
+}
+
 /// Is this a backup or editor file that systemd-sysv-generator would skip too?
 fn is_backup_name(name: &str) -> bool {
     name.starts_with('.')
@@ -511,6 +565,29 @@ impl<'a> Lookup<'a> {
             &format!("{group}/{name}"),
             Rule::StartinstanceArgs,
         )
+    }
+
+    /// Decide what happens to a script (see [`Fate`]).
+    pub fn fate(&self, script: &InitScript) -> Fate {
+        let (target, rule) = match self.map(script) {
+            Mapping::Mapped { target, rule } => (target, rule),
+            Mapping::Unmapped { reason } => return Fate::LeftAlone { reason },
+        };
+        let Some(legacy_unit) = script.sysv_unit() else {
+            return Fate::Unnamable { target };
+        };
+        match target.settings(self.inst).is_some_and(|s| s.legacy_initd) {
+            true => Fate::LeftToScript {
+                target,
+                legacy_unit,
+                rule,
+            },
+            false => Fate::Replaced {
+                target,
+                legacy_unit,
+                rule,
+            },
+        }
     }
 
     /// Decide what a script starts, by what it says, in order: VINSTDIR, startinstance

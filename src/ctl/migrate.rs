@@ -8,7 +8,7 @@
 //! with its legacy unit, so systemd itself never runs both; and the launcher refuses to start
 //! while another process holds the instance's health address.
 
-use crate::initd::{self, Lookup, Mapping, Target};
+use crate::initd::{self, Fate, Lookup, Target};
 use crate::install::{self, Installation, Root};
 use crate::systemd::{Systemd, SystemdError, Verb};
 use serde::{Deserialize, Serialize};
@@ -16,7 +16,7 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::exit;
 
@@ -80,6 +80,14 @@ pub enum MigrateError {
     NoBackup {
         /// Where backups are kept.
         dir: PathBuf,
+    },
+    /// The config drop-in migrate-initd keeps cannot be changed safely.
+    #[error("{}: {detail}; fix it (or remove it: it holds only the legacy_initd settings migrate-initd wrote) and run again", path.display())]
+    Config {
+        /// The drop-in.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
     },
     /// Another migrate-initd holds the lock.
     #[error("another `gatewayctl migrate-initd` is running (it holds {})", path.display())]
@@ -162,6 +170,14 @@ pub struct SavedScript {
     pub legacy_was_active: bool,
     /// Apply enabled `unit` (it was not enabled before).
     pub enabled_unit: bool,
+    /// Apply moved it away (and a rollback has not put it back yet).
+    #[serde(default = "moved_by_default")]
+    pub moved: bool,
+}
+
+/// Manifests from before apply went one script at a time moved every script.
+fn moved_by_default() -> bool {
+    true
 }
 
 /// What one apply did: enough for rollback to undo it exactly.
@@ -366,6 +382,7 @@ pub fn save(
         instance,
         legacy_was_active: false,
         enabled_unit: false,
+        moved: false,
         name,
     };
     let copy = backup.join(&saved.name);
@@ -467,22 +484,6 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, MigrateError> {
     Ok(m)
 }
 
-/// The newest backup directory that has a manifest.
-pub fn newest_backup(root: &Root) -> Result<PathBuf, MigrateError> {
-    let base = root.real(Path::new(BACKUP_ROOT));
-    let mut dirs: Vec<PathBuf> = fs::read_dir(&base)
-        .map(|rd| {
-            rd.filter_map(Result::ok)
-                .map(|e| e.path())
-                .filter(|p| p.join(MANIFEST).is_file())
-                .collect()
-        })
-        .unwrap_or_default();
-    // Names are UTC timestamps: the greatest is the newest.
-    dirs.sort();
-    dirs.pop().ok_or(MigrateError::NoBackup { dir: base })
-}
-
 /// A UTC timestamp for directory names: `20261123T134553Z`.
 fn timestamp(secs: u64) -> String {
     let days = (secs / 86_400) as i64;
@@ -539,13 +540,6 @@ fn health_url(inst: &Installation, root: &Root, target: Target) -> Option<String
     }
 }
 
-/// One mapped script with what apply needs to know about it.
-struct Step {
-    script: PathBuf,
-    target: Target,
-    legacy_unit: String,
-}
-
 fn is_running(state: &str) -> bool {
     matches!(
         state,
@@ -553,6 +547,341 @@ fn is_running(state: &str) -> bool {
     )
 }
 
+fn running(systemd: &Systemd, unit: &str) -> Result<bool, String> {
+    systemd
+        .status(unit)
+        .map(|s| is_running(&s.active_state))
+        .map_err(|e| e.to_string())
+}
+
+/// Leave what `saved` starts to its script (`legacy_initd = true` in [`ROLLBACK_CONFIG`]) or
+/// take that setting away, keeping everything else the file says: it is read whole, changed
+/// and written back whole (atomically), or removed once it says nothing.
+pub fn set_left_to_script(
+    root: &Root,
+    saved: &SavedScript,
+    left: bool,
+) -> Result<(), MigrateError> {
+    let path = root.real(Path::new(ROLLBACK_CONFIG));
+    let bad = |detail: String| MigrateError::Config {
+        path: path.clone(),
+        detail,
+    };
+    let mut table = match fs::read_to_string(&path) {
+        Ok(text) => text.parse::<toml::Table>().map_err(|e| {
+            bad(format!(
+                "not valid TOML ({}), so it cannot be changed safely",
+                e.message()
+            ))
+        })?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => toml::Table::new(),
+        Err(e) => return Err(io_err("cannot read", &path)(e)),
+    };
+    let (outer, key) = match &saved.instance {
+        Some(key) => ("instances", Some(key.as_str())),
+        None => ("nodemanager", None),
+    };
+    let mut section = &mut table;
+    for name in std::iter::once(outer).chain(key) {
+        section = section
+            .entry(name)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .ok_or_else(|| bad(format!("{name} is not a table")))?;
+    }
+    match left {
+        true => section.insert("legacy_initd".into(), toml::Value::Boolean(true)),
+        false => section.remove("legacy_initd"),
+    };
+    // Drop the tables this left empty, innermost first.
+    if let (Some(key), Some(toml::Value::Table(instances))) = (key, table.get_mut(outer)) {
+        if instances
+            .get(key)
+            .is_some_and(|t| t.as_table().is_some_and(|t| t.is_empty()))
+        {
+            instances.remove(key);
+        }
+    }
+    if table
+        .get(outer)
+        .is_some_and(|t| t.as_table().is_some_and(|t| t.is_empty()))
+    {
+        table.remove(outer);
+    }
+    if table.is_empty() {
+        return match fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("cannot remove", &path)(e)),
+            _ => Ok(()),
+        };
+    }
+    let text = format!(
+        "# Written by `gatewayctl migrate-initd`: `--rollback` leaves what it gives back to its\n\
+         # /etc/init.d/vshell-* script (legacy_initd = true), `--apply` takes that away again.\n\n{}",
+        toml::to_string(&table).map_err(|e| bad(e.to_string()))?
+    );
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(io_err("cannot create", dir))?;
+    }
+    install::write_atomic(&path, text.as_bytes(), 0o644).map_err(io_err("cannot write", &path))
+}
+
+/// Everything one migration step works with.
+struct Migration<'a> {
+    systemd: &'a Systemd,
+    root: &'a Root,
+    backup: PathBuf,
+    manifest: Manifest,
+}
+
+impl Migration<'_> {
+    fn save_manifest(&self) -> Result<(), String> {
+        write_manifest(&self.backup, &self.manifest).map_err(|e| e.to_string())
+    }
+
+    /// Hand script `k` to its unit: stop its legacy service, check nothing else serves the
+    /// instance, move the script away and mask its legacy unit, enable the unit if the script
+    /// started at boot, reload, and start the unit where the script ran until it serves and its
+    /// balancers took it back. A failure once the script is moved gives it back to the script.
+    fn hand_to_unit(
+        &mut self,
+        inst: &Installation,
+        k: usize,
+        target: Target,
+        who: &str,
+    ) -> Result<(), String> {
+        let saved = self.manifest.scripts[k].clone();
+        let (systemd, root) = (self.systemd, self.root);
+        let restart_legacy = |why: String| -> String {
+            if saved.legacy_was_active
+                && super::run_job_reported(systemd, Verb::Start, &saved.legacy_unit).is_ok()
+            {
+                return format!("{why}; {} runs it again", saved.legacy_unit);
+            }
+            why
+        };
+        if saved.legacy_was_active {
+            super::run_job_reported(systemd, Verb::Stop, &saved.legacy_unit).map_err(|_| {
+                format!(
+                    "{} did not stop, so it was left to its script",
+                    saved.legacy_unit
+                )
+            })?;
+            println!("{who}: stopped {}", saved.legacy_unit);
+        }
+        // Our own unit may already serve it (gateway.target started it at boot, its legacy unit
+        // being masked): that copy is not outside systemd.
+        if !running(systemd, &saved.unit)? {
+            let Some(url) = health_url(inst, root, target) else {
+                return Err(restart_legacy(
+                    "cannot check that no copy of it runs outside systemd: its health URL cannot be completed (see `gatewayctl check-config` and its conf/envSettings.props)".to_string(),
+                ));
+            };
+            if let Some(addr) = crate::launch::already_running(&url) {
+                return Err(restart_legacy(format!(
+                    "it still answers on {addr} with {} stopped: a copy runs outside systemd. Stop it with the vendor's tools (startinstance -k), then run `gatewayctl migrate-initd --apply` again",
+                    saved.legacy_unit
+                )));
+            }
+        }
+
+        remove_original(root, &saved).map_err(|e| restart_legacy(e.to_string()))?;
+        self.manifest.scripts[k].moved = true;
+        let moved = self
+            .save_manifest()
+            .and_then(|_| {
+                systemd
+                    .mask_files(&[&saved.legacy_unit], true)
+                    .map_err(|e| e.to_string())
+            })
+            .and_then(|_| set_left_to_script(root, &saved, false).map_err(|e| e.to_string()))
+            .and_then(|_| self.enable_if_it_started_at_boot(k));
+        let moved =
+            moved.and_then(|enabled| systemd.reload().map(|_| enabled).map_err(|e| e.to_string()));
+        let enabled = match moved {
+            Ok(e) => e,
+            Err(why) => return Err(self.give_back_after(k, who, why)),
+        };
+        println!(
+            "{who}: moved {} to {}, masked {}{enabled}",
+            saved.path.display(),
+            self.backup.display(),
+            saved.legacy_unit
+        );
+        if !saved.legacy_was_active {
+            return Ok(());
+        }
+
+        let started = Instant::now();
+        if super::run_job_reported(systemd, Verb::Start, &saved.unit).is_err() {
+            return Err(self.give_back_after(k, who, format!("{} did not start", saved.unit)));
+        }
+        if let Err(state) = super::wait_serving(systemd, &saved.unit, started) {
+            return Err(self.give_back_after(
+                k,
+                who,
+                format!("{} started but does not serve ({state})", saved.unit),
+            ));
+        }
+        println!(
+            "{who}: started {} ({}): serving after {:.1}s",
+            saved.unit,
+            saved.what,
+            started.elapsed().as_secs_f64()
+        );
+        // Under its script no launcher recorded its balancers: each one polling it now must
+        // take it back before the next instance goes out.
+        if let Some((socket, rise)) = target_socket(inst, target) {
+            let serving_since = Instant::now();
+            match super::wait_for_pool(&socket, None, rise, serving_since) {
+                Ok(how) => println!("{who}: back in its balancers' pool: {how}"),
+                Err(missing) => {
+                    return Err(format!(
+                        "it serves from {} but these load balancers have not seen it pass {rise} checks in a row: {missing}; check them before going on",
+                        saved.unit
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Enable the unit (and gateway.target) when the script started at boot; says what it did.
+    fn enable_if_it_started_at_boot(&mut self, k: usize) -> Result<String, String> {
+        let saved = &self.manifest.scripts[k];
+        if !saved.rc_links.iter().any(RcLink::starts) {
+            return Ok(String::new());
+        }
+        let state = |u: &str| self.systemd.unit_file_state(u).map_err(|e| e.to_string());
+        let mut to_enable = Vec::new();
+        let unit_enabled = state(&saved.unit)? == "enabled";
+        if !unit_enabled {
+            to_enable.push(saved.unit.clone());
+        }
+        let target_enabled = state(crate::units::name::GATEWAY_TARGET)? == "enabled";
+        if !target_enabled {
+            to_enable.push(crate::units::name::GATEWAY_TARGET.to_string());
+        }
+        if to_enable.is_empty() {
+            return Ok(String::new());
+        }
+        let refs: Vec<&str> = to_enable.iter().map(String::as_str).collect();
+        self.systemd
+            .enable_files(&refs, true)
+            .map_err(|e| e.to_string())?;
+        self.manifest.scripts[k].enabled_unit |= !unit_enabled;
+        self.manifest.enabled_target |= !target_enabled;
+        self.save_manifest()?;
+        Ok(format!(
+            ", enabled {} (the script started at boot)",
+            to_enable.join(" ")
+        ))
+    }
+
+    /// A step failed after its script was moved: give it back, and say both.
+    fn give_back_after(&mut self, k: usize, who: &str, why: String) -> String {
+        match self.give_back(k, who) {
+            Ok(()) => format!("{why}; it was given back to its script"),
+            Err(also) => format!("{why}; giving it back to its script failed too: {also}"),
+        }
+    }
+
+    /// Hand script `k` back: never over a script changed since the apply; stop the unit
+    /// (drained), restore the script and its rc links exactly, leave it to its script in
+    /// [`ROLLBACK_CONFIG`], unmask its legacy unit, disable what apply enabled, reload, and
+    /// start the legacy service if it ran before the apply or the unit ran until now.
+    fn give_back(&mut self, k: usize, who: &str) -> Result<(), GiveBackError> {
+        let saved = self.manifest.scripts[k].clone();
+        let (systemd, root) = (self.systemd, self.root);
+        let real = root.real(&saved.path);
+        if fs::symlink_metadata(&real).is_ok() {
+            let copy = self.backup.join(&saved.name);
+            let original = match saved.symlink {
+                Some(_) => None,
+                None => Some(
+                    fs::read(&copy).map_err(|e| format!("cannot read {}: {e}", copy.display()))?,
+                ),
+            };
+            if let Some(how) = differs(&real, &saved, original.as_deref()) {
+                return Err(GiveBackError::Changed(format!(
+                    "{} was changed since the apply ({how}), so it was left as it is and {} keeps running {}; compare it with {}, put the one you want in place, and run --rollback again",
+                    saved.path.display(),
+                    saved.unit,
+                    saved.what,
+                    copy.display()
+                )));
+            }
+        }
+        let unit_ran = running(systemd, &saved.unit)?;
+        if unit_ran {
+            super::run_job_reported(systemd, Verb::Stop, &saved.unit)
+                .map_err(|_| format!("{} did not stop", saved.unit))?;
+            println!("{who}: stopped {} (drained)", saved.unit);
+        }
+        restore(root, &self.backup, &saved).map_err(|e| e.to_string())?;
+        set_left_to_script(root, &saved, true).map_err(|e| e.to_string())?;
+        systemd
+            .mask_files(&[&saved.legacy_unit], false)
+            .map_err(|e| e.to_string())?;
+        if saved.enabled_unit {
+            systemd
+                .enable_files(&[&saved.unit], false)
+                .map_err(|e| e.to_string())?;
+        }
+        let step = &mut self.manifest.scripts[k];
+        step.moved = false;
+        step.enabled_unit = false;
+        self.save_manifest()?;
+        systemd.reload().map_err(|e| e.to_string())?;
+        println!(
+            "{who}: restored {} and {} rc link(s); {ROLLBACK_CONFIG} leaves it to its script",
+            saved.path.display(),
+            saved.rc_links.len()
+        );
+        if saved.legacy_was_active || unit_ran {
+            super::run_job_reported(systemd, Verb::Start, &saved.legacy_unit)
+                .map_err(|_| format!("{} did not start", saved.legacy_unit))?;
+            println!("{who}: started {} ({})", saved.legacy_unit, saved.what);
+        }
+        Ok(())
+    }
+}
+
+/// Why a script was not given back.
+#[derive(Debug)]
+enum GiveBackError {
+    /// It was changed since the apply, so it was left as it is.
+    Changed(String),
+    /// Something else failed.
+    Failed(String),
+}
+
+impl From<String> for GiveBackError {
+    fn from(why: String) -> Self {
+        GiveBackError::Failed(why)
+    }
+}
+
+impl std::fmt::Display for GiveBackError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GiveBackError::Changed(why) | GiveBackError::Failed(why) => f.write_str(why),
+        }
+    }
+}
+
+/// The launcher's control socket and the `lb_rise` of an instance (the Node Manager has no
+/// load balancers).
+fn target_socket(inst: &Installation, target: Target) -> Option<(PathBuf, u32)> {
+    match target {
+        Target::Instance(k) => inst.instances.get(k).map(|i| {
+            (
+                crate::drain::control_socket(&i.runtime_dir()),
+                i.settings.lb_rise,
+            )
+        }),
+        Target::NodeManager => None,
+    }
+}
 fn report(e: &SystemdError) -> i32 {
     eprintln!("gatewayctl: {e}");
     match e {
@@ -561,7 +890,8 @@ fn report(e: &SystemdError) -> i32 {
     }
 }
 
-/// `migrate-initd --apply`.
+/// `migrate-initd --apply`: one script at a time, the Node Manager first, each instance
+/// serving from its unit and back in its balancers' pool before the next one goes out.
 pub fn apply(systemd: &Systemd, inst: &Installation, root: &Root) -> i32 {
     let _lock = match lock(root) {
         Ok(l) => l,
@@ -575,30 +905,30 @@ pub fn apply(systemd: &Systemd, inst: &Installation, root: &Root) -> i32 {
         println!("{}: left alone: cannot read: {why}", path.display());
     }
     let lookup = Lookup::new(inst);
-    let mut steps = Vec::new();
+    let mut steps: Vec<(PathBuf, Target, String)> = Vec::new();
     for script in &scripts {
-        match (lookup.map(script), script.sysv_unit()) {
-            (Mapping::Mapped { target, .. }, Some(legacy_unit)) => steps.push(Step {
-                script: script.path.clone(),
-                target,
-                legacy_unit,
-            }),
-            (Mapping::Mapped { target, .. }, None) => println!(
+        let fate = lookup.fate(script);
+        match (&fate, fate.mapped()) {
+            (_, Some((target, legacy_unit))) => {
+                steps.push((script.path.clone(), target, legacy_unit.to_string()))
+            }
+            (Fate::Unnamable { target }, None) => println!(
                 "{}: left alone: it starts {} but its name cannot be a unit name; rename it to vshell-<group>-<instance> and run again",
                 script.path.display(),
                 target.describe(inst).0
             ),
-            (Mapping::Unmapped { reason }, _) => {
+            (Fate::LeftAlone { reason }, None) => {
                 println!("{}: left alone: {reason}", script.path.display())
             }
+            _ => {}
         }
     }
     if steps.is_empty() {
         println!("nothing to migrate: no legacy script starts an instance or the Node Manager of this host");
         return exit::OK;
     }
-    // Stop instances before the Node Manager; start it before them.
-    steps.sort_by_key(|s| matches!(s.target, Target::NodeManager));
+    // The Node Manager first: instances may be ordered after it.
+    steps.sort_by_key(|(_, target, _)| !matches!(target, Target::NodeManager));
 
     // 1. Copy every script (and record its rc links) before anything changes.
     let created = SystemTime::now()
@@ -616,21 +946,15 @@ pub fn apply(systemd: &Systemd, inst: &Installation, root: &Root) -> i32 {
         enabled_target: false,
         scripts: Vec::new(),
     };
-    let legacy_units: Vec<String> = steps.iter().map(|s| s.legacy_unit.clone()).collect();
+    let legacy_units: Vec<String> = steps.iter().map(|(_, _, l)| l.clone()).collect();
     let legacy_states = systemd.status_many(&legacy_units);
-    for (step, state) in steps.iter().zip(legacy_states) {
-        let (what, unit) = step.target.describe(inst);
-        let instance = match step.target {
+    for ((script, target, legacy_unit), state) in steps.iter().zip(legacy_states) {
+        let (what, unit) = target.describe(inst);
+        let instance = match target {
             Target::Instance(_) => Some(what.clone()),
             Target::NodeManager => None,
         };
-        let mut saved = match save(
-            root,
-            &backup,
-            &step.script,
-            (&what, &unit, instance),
-            &step.legacy_unit,
-        ) {
+        let mut saved = match save(root, &backup, script, (&what, &unit, instance), legacy_unit) {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("gatewayctl: {e}; nothing was changed");
@@ -652,189 +976,51 @@ pub fn apply(systemd: &Systemd, inst: &Installation, root: &Root) -> i32 {
         manifest.scripts.len(),
         backup.display()
     );
-    let undo = "`gatewayctl migrate-initd --rollback` puts back what was changed";
 
-    // 2. Stop the legacy services, and make sure nothing still serves their instances.
-    for (step, saved) in steps.iter().zip(&manifest.scripts) {
-        if saved.legacy_was_active {
-            if let Err(code) = super::run_job_reported(systemd, Verb::Stop, &saved.legacy_unit) {
-                eprintln!(
-                    "migration stopped: {} did not stop; {undo}",
-                    saved.legacy_unit
-                );
-                return code;
-            }
-            println!("stopped {} ({})", saved.legacy_unit, saved.what);
-        }
-        // Our own unit of the instance may already serve it (gateway.target started it at
-        // boot, its legacy unit being masked): that copy is not outside systemd.
-        let (_, unit) = step.target.describe(inst);
-        if systemd
-            .status(&unit)
-            .is_ok_and(|s| is_running(&s.active_state))
-        {
-            continue;
-        }
-        let Some(url) = health_url(inst, root, step.target) else {
+    // 2. One at a time.
+    let mut m = Migration {
+        systemd,
+        root,
+        backup,
+        manifest,
+    };
+    let n = steps.len();
+    for (k, (_, target, _)) in steps.iter().enumerate() {
+        let who = format!("[{}/{n}] {}", k + 1, m.manifest.scripts[k].what);
+        if let Err(why) = m.hand_to_unit(inst, k, *target, &who) {
+            eprintln!("{who}: {why}");
+            let names = |moved: bool| -> String {
+                let v: Vec<&str> = m
+                    .manifest
+                    .scripts
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, s)| *j != k && s.moved == moved)
+                    .map(|(_, s)| s.what.as_str())
+                    .collect();
+                match v.is_empty() {
+                    true => "none".to_string(),
+                    false => v.join(", "),
+                }
+            };
             eprintln!(
-                "migration stopped: cannot check that no copy of {} runs outside systemd: its health URL cannot be completed (see `gatewayctl check-config` and its conf/envSettings.props); {undo}",
-                saved.what
+                "migration stopped at {}: migrated (run by their units): {}; not migrated (run by their scripts as before): {}. \
+                 Once the cause is fixed, `gatewayctl migrate-initd --apply` migrates the rest; `--rollback` gives the migrated ones back to their scripts",
+                m.manifest.scripts[k].what,
+                names(true),
+                names(false)
             );
             return exit::FAILED;
-        };
-        if let Some(addr) = crate::launch::already_running(&url) {
-            eprintln!(
-                "migration stopped: {} still answers on {addr} with {} stopped: a copy runs outside systemd. \
-                 Stop it with the vendor's tools (startinstance -k), then run `gatewayctl migrate-initd --apply` again; {undo}",
-                saved.what, saved.legacy_unit
-            );
-            return exit::FAILED;
         }
-    }
-
-    // 3. Move the scripts out of /etc/init.d and mask their names.
-    for saved in &manifest.scripts {
-        if let Err(e) = remove_original(root, saved) {
-            eprintln!("gatewayctl: {e}; migration stopped; {undo}");
-            return exit::FAILED;
-        }
-    }
-    let legacy_refs: Vec<&str> = legacy_units.iter().map(String::as_str).collect();
-    if let Err(e) = systemd.mask_files(&legacy_refs, true) {
-        eprintln!("migration stopped; {undo}");
-        return report(&e);
     }
     println!(
-        "moved {} script(s) to {} and masked {}",
-        manifest.scripts.len(),
-        backup.display(),
-        legacy_refs.join(" ")
+        "migrated {n} script(s) one at a time; `gatewayctl migrate-initd --rollback` gives them back"
     );
-    // A rollback's legacy_initd = true would keep the units from being generated as wanted.
-    let rollback_config = root.real(Path::new(ROLLBACK_CONFIG));
-    if rollback_config.exists() {
-        if let Err(e) = fs::remove_file(&rollback_config) {
-            eprintln!(
-                "gatewayctl: cannot remove {}: {e}; migration stopped; {undo}",
-                rollback_config.display()
-            );
-            return exit::FAILED;
-        }
-    }
-
-    // 4. Enable what ran at boot before, then reload (the generator runs again).
-    let mut to_enable: Vec<&str> = Vec::new();
-    for saved in manifest.scripts.iter_mut() {
-        if !saved.rc_links.iter().any(RcLink::starts) {
-            continue;
-        }
-        match systemd.unit_file_state(&saved.unit) {
-            Ok(state) if state == "enabled" => {}
-            Ok(_) => {
-                saved.enabled_unit = true;
-                to_enable.push(&saved.unit);
-            }
-            Err(e) => return report(&e),
-        }
-    }
-    if !to_enable.is_empty() {
-        match systemd.unit_file_state(crate::units::name::GATEWAY_TARGET) {
-            Ok(state) if state == "enabled" => {}
-            Ok(_) => {
-                manifest.enabled_target = true;
-                to_enable.push(crate::units::name::GATEWAY_TARGET);
-            }
-            Err(e) => return report(&e),
-        }
-        if let Err(e) = systemd.enable_files(&to_enable, true) {
-            eprintln!("migration stopped; {undo}");
-            return report(&e);
-        }
-        println!("enabled {}", to_enable.join(" "));
-    }
-    if let Err(e) = write_manifest(&backup, &manifest) {
-        eprintln!("gatewayctl: {e}; migration stopped; {undo}");
-        return exit::FAILED;
-    }
-    if let Err(e) = systemd.reload() {
-        eprintln!("migration stopped; {undo}");
-        return report(&e);
-    }
-
-    // 5. Start the units that replace what was running, and check they serve.
-    let code = start_what_ran(systemd, &manifest, Side::Units, undo);
-    if code == exit::OK {
-        println!("migrated {} script(s); {undo}", manifest.scripts.len());
-    }
-    code
+    exit::OK
 }
 
-/// Which side of a migration runs the instances.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Side {
-    /// The legacy init scripts' units.
-    Legacy,
-    /// Our units.
-    Units,
-}
-
-/// Start, on `side`, what ran before apply (the Node Manager first: it is last in the
-/// manifest); our units must also report that they serve.
-fn start_what_ran(systemd: &Systemd, manifest: &Manifest, side: Side, hint: &str) -> i32 {
-    let mut code = exit::OK;
-    for saved in manifest.scripts.iter().rev() {
-        if !saved.legacy_was_active {
-            continue;
-        }
-        let unit = match side {
-            Side::Legacy => &saved.legacy_unit,
-            Side::Units => &saved.unit,
-        };
-        if let Err(c) = super::run_job_reported(systemd, Verb::Start, unit) {
-            eprintln!("{unit} did not start; {hint}");
-            code = c;
-            continue;
-        }
-        if side == Side::Legacy {
-            println!("started {unit} ({})", saved.what);
-            continue;
-        }
-        match systemd.status(unit) {
-            Ok(s) if s.status_text.starts_with("serving") => {
-                println!("started {unit} ({}): {}", saved.what, s.status_text)
-            }
-            Ok(s) => {
-                eprintln!(
-                    "{unit} started but is not serving: {} ({}); {hint}",
-                    s.active_state, s.status_text
-                );
-                code = exit::FAILED;
-            }
-            Err(e) => code = report(&e),
-        }
-    }
-    code
-}
-
-/// The config drop-in that leaves these to their scripts again.
-fn rollback_config_text(manifest: &Manifest) -> String {
-    let mut text = String::from(
-        "# Written by `gatewayctl migrate-initd --rollback`: these are started by their\n\
-         # /etc/init.d/vshell-* scripts again. `gatewayctl migrate-initd --apply` removes this file.\n",
-    );
-    for saved in &manifest.scripts {
-        match &saved.instance {
-            Some(key) => {
-                let quoted = install::config::toml_string(key);
-                text.push_str(&format!("\n[instances.{quoted}]\nlegacy_initd = true\n"));
-            }
-            None => text.push_str("\n[nodemanager]\nlegacy_initd = true\n"),
-        }
-    }
-    text
-}
-
-/// `migrate-initd --rollback`: from the newest backup, or `from`.
+/// `migrate-initd --rollback`: every apply that still has scripts moved, newest first (an
+/// apply stopped halfway and run again made two), or only the one in `from`.
 pub fn rollback(systemd: &Systemd, root: &Root, from: Option<&Path>) -> i32 {
     let _lock = match lock(root) {
         Ok(l) => l,
@@ -843,9 +1029,9 @@ pub fn rollback(systemd: &Systemd, root: &Root, from: Option<&Path>) -> i32 {
             return exit::FAILED;
         }
     };
-    let backup = match from {
-        Some(dir) => dir.to_path_buf(),
-        None => match newest_backup(root) {
+    let backups = match from {
+        Some(dir) => vec![dir.to_path_buf()],
+        None => match backups_with_moved_scripts(root) {
             Ok(d) => d,
             Err(e) => {
                 eprintln!("gatewayctl: {e}");
@@ -853,102 +1039,109 @@ pub fn rollback(systemd: &Systemd, root: &Root, from: Option<&Path>) -> i32 {
             }
         },
     };
-    let manifest = match read_manifest(&backup) {
-        Ok(m) => m,
-        Err(e) => {
-            eprintln!("gatewayctl: {e}");
-            return exit::FAILED;
-        }
-    };
-    println!(
-        "rolling back the migration saved in {} ({} script(s))",
-        backup.display(),
-        manifest.scripts.len()
-    );
-    let stopped = "rollback stopped; run it again once the cause is fixed";
-
-    // 1. Stop the units (instances first: they are before the Node Manager in the manifest).
-    for saved in &manifest.scripts {
-        let running = match systemd.status(&saved.unit) {
-            Ok(s) => is_running(&s.active_state),
-            Err(e) => return report(&e),
-        };
-        if running {
-            if let Err(code) = super::run_job_reported(systemd, Verb::Stop, &saved.unit) {
-                eprintln!("{stopped}");
-                return code;
-            }
-            println!("stopped {} ({})", saved.unit, saved.what);
+    let mut left = Vec::new();
+    for backup in backups {
+        if let Err(code) = rollback_one(systemd, backup, root, &mut left) {
+            return code;
         }
     }
-
-    // 2. Undo what apply enabled and masked; leave the instances to their scripts.
-    let mut to_disable: Vec<&str> = manifest
-        .scripts
-        .iter()
-        .filter(|s| s.enabled_unit)
-        .map(|s| s.unit.as_str())
-        .collect();
-    if manifest.enabled_target {
-        to_disable.push(crate::units::name::GATEWAY_TARGET);
-    }
-    if !to_disable.is_empty() {
-        if let Err(e) = systemd.enable_files(&to_disable, false) {
-            eprintln!("{stopped}");
-            return report(&e);
-        }
-        println!("disabled {}", to_disable.join(" "));
-    }
-    let config = root.real(Path::new(ROLLBACK_CONFIG));
-    let written = config
-        .parent()
-        .map_or(Ok(()), fs::create_dir_all)
-        .and_then(|_| {
-            install::write_atomic(&config, rollback_config_text(&manifest).as_bytes(), 0o644)
-        });
-    if let Err(e) = written {
+    if !left.is_empty() {
         eprintln!(
-            "gatewayctl: cannot write {}: {e}; {stopped}",
-            config.display()
+            "rolled back all but {}: their scripts were changed since the apply (see above)",
+            left.join(", ")
         );
         return exit::FAILED;
     }
-    let legacy: Vec<&str> = manifest
-        .scripts
-        .iter()
-        .map(|s| s.legacy_unit.as_str())
-        .collect();
-    if let Err(e) = systemd.mask_files(&legacy, false) {
-        eprintln!("{stopped}");
-        return report(&e);
-    }
+    println!("rolled back: the scripts are in /etc/init.d again and {ROLLBACK_CONFIG} leaves them to their scripts");
+    exit::OK
+}
 
-    // 3. Put the scripts and their rc links back exactly, then reload.
-    for saved in &manifest.scripts {
-        if let Err(e) = restore(root, &backup, saved) {
-            eprintln!("gatewayctl: {e}; {stopped}");
-            return exit::FAILED;
+/// The backup directories whose manifest still has a moved script, newest first.
+fn backups_with_moved_scripts(root: &Root) -> Result<Vec<PathBuf>, MigrateError> {
+    let base = root.real(Path::new(BACKUP_ROOT));
+    let mut dirs: Vec<PathBuf> = fs::read_dir(&base)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.join(MANIFEST).is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    // Names are UTC timestamps: the greatest is the newest.
+    dirs.sort();
+    dirs.reverse();
+    let mut with_moved = Vec::new();
+    for dir in dirs {
+        if read_manifest(&dir)?.scripts.iter().any(|s| s.moved) {
+            with_moved.push(dir);
         }
-        println!(
-            "restored {} and {} rc link(s)",
-            saved.path.display(),
-            saved.rc_links.len()
-        );
     }
-    if let Err(e) = systemd.reload() {
-        eprintln!("{stopped}");
-        return report(&e);
+    match with_moved.is_empty() {
+        true => Err(MigrateError::NoBackup { dir: base }),
+        false => Ok(with_moved),
     }
+}
 
-    // 4. Start what ran before the migration (the Node Manager first).
-    let code = start_what_ran(systemd, &manifest, Side::Legacy, stopped);
-    if code == exit::OK {
-        println!(
-            "rolled back: the scripts are in /etc/init.d again and {} says legacy_initd = true",
-            ROLLBACK_CONFIG
-        );
+/// Give back what one apply moved, one script at a time in reverse; scripts changed since
+/// the apply are left (named in `left`); any other failure stops the rollback.
+fn rollback_one(
+    systemd: &Systemd,
+    backup: PathBuf,
+    root: &Root,
+    left: &mut Vec<String>,
+) -> Result<(), i32> {
+    let manifest = read_manifest(&backup).map_err(|e| {
+        eprintln!("gatewayctl: {e}");
+        exit::FAILED
+    })?;
+    let moved: Vec<usize> = (0..manifest.scripts.len())
+        .rev()
+        .filter(|k| manifest.scripts[*k].moved)
+        .collect();
+    println!(
+        "rolling back the migration saved in {} ({} of its {} script(s) moved)",
+        backup.display(),
+        moved.len(),
+        manifest.scripts.len()
+    );
+    let mut m = Migration {
+        systemd,
+        root,
+        backup,
+        manifest,
+    };
+    let n = moved.len();
+    for (step, k) in moved.into_iter().enumerate() {
+        let who = format!("[{}/{n}] {}", step + 1, m.manifest.scripts[k].what);
+        match m.give_back(k, &who) {
+            Ok(()) => {}
+            Err(GiveBackError::Changed(why)) => {
+                eprintln!("{who}: {why}");
+                left.push(m.manifest.scripts[k].what.clone());
+            }
+            Err(GiveBackError::Failed(why)) => {
+                eprintln!("{who}: {why}");
+                eprintln!(
+                    "rollback stopped at {}; run it again once the cause is fixed",
+                    m.manifest.scripts[k].what
+                );
+                return Err(exit::FAILED);
+            }
+        }
     }
-    code
+    // gateway.target goes back to disabled only once nothing this apply moved runs from a unit.
+    if m.manifest.enabled_target && m.manifest.scripts.iter().all(|s| !s.moved) {
+        if let Err(e) = systemd.set_enabled(&[crate::units::name::GATEWAY_TARGET], false) {
+            return Err(report(&e));
+        }
+        m.manifest.enabled_target = false;
+        m.save_manifest().map_err(|e| {
+            eprintln!("gatewayctl: {e}");
+            exit::FAILED
+        })?;
+        println!("disabled {}", crate::units::name::GATEWAY_TARGET);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1052,37 +1245,80 @@ mod tests {
         ));
     }
 
+    fn saved_instance(key: Option<&str>) -> SavedScript {
+        SavedScript {
+            path: "/etc/init.d/x".into(),
+            name: "x".into(),
+            symlink: None,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            mtime_nsec: 0,
+            size: 0,
+            rc_links: vec![],
+            legacy_unit: "x.service".into(),
+            unit: "gateway@a-b.service".into(),
+            what: key.unwrap_or("the Node Manager").into(),
+            instance: key.map(str::to_string),
+            legacy_was_active: true,
+            enabled_unit: false,
+            moved: true,
+        }
+    }
+
     #[test]
-    fn rollback_config_quotes_instance_names() {
-        let m = Manifest {
-            version: 1,
-            created: 0,
-            enabled_target: false,
-            scripts: vec![SavedScript {
-                path: "/etc/init.d/x".into(),
-                name: "x".into(),
-                symlink: None,
-                mode: 0o755,
-                uid: 0,
-                gid: 0,
-                mtime: 0,
-                mtime_nsec: 0,
-                size: 0,
-                rc_links: vec![],
-                legacy_unit: "x.service".into(),
-                unit: "gateway@a-b.service".into(),
-                what: "pay \"eu\"/edge node 1".into(),
-                instance: Some("pay \"eu\"/edge node 1".into()),
-                legacy_was_active: true,
-                enabled_unit: false,
-            }],
+    fn left_to_script_settings_are_added_and_taken_away_keeping_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::new(dir.path());
+        let path = root.real(Path::new(ROLLBACK_CONFIG));
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        // What an earlier rollback left, and a setting an operator added by hand.
+        fs::write(
+            &path,
+            "[instances.\"group1/server1\"]\nlegacy_initd = true\n\n[instances.\"group1/server2\"]\nautostart = false\n",
+        )
+        .unwrap();
+        let edge = saved_instance(Some("pay \"eu\"/edge node 1"));
+        set_left_to_script(&root, &edge, true).unwrap();
+        set_left_to_script(&root, &saved_instance(None), true).unwrap();
+        let read = || {
+            let mut c = crate::install::config::Config::default();
+            c.merge_file(&fs::read_to_string(&path).unwrap(), &path)
+                .unwrap();
+            c
         };
-        let text = rollback_config_text(&m);
-        let mut c = crate::install::config::Config::default();
-        c.merge_file(&text, Path::new("/x.toml")).unwrap();
+        let c = read();
         assert_eq!(
             c.instances["pay \"eu\"/edge node 1"].0.legacy_initd,
             Some(true)
+        );
+        assert_eq!(c.instances["group1/server1"].0.legacy_initd, Some(true));
+        assert_eq!(c.instances["group1/server2"].0.autostart, Some(false));
+        assert_eq!(c.nodemanager.legacy_initd, Some(true));
+
+        set_left_to_script(&root, &saved_instance(Some("group1/server1")), false).unwrap();
+        set_left_to_script(&root, &saved_instance(None), false).unwrap();
+        let c = read();
+        assert!(!c.instances.contains_key("group1/server1"));
+        assert_eq!(c.nodemanager.legacy_initd, None);
+        assert_eq!(c.instances["group1/server2"].0.autostart, Some(false));
+
+        // Nothing left to say: the file goes.
+        set_left_to_script(&root, &edge, false).unwrap();
+        fs::write(&path, "[instances.\"g/i\"]\nlegacy_initd = true\n").unwrap();
+        set_left_to_script(&root, &saved_instance(Some("g/i")), false).unwrap();
+        assert!(!path.exists());
+
+        // A file that does not parse is never overwritten.
+        fs::write(&path, "[instances.\"g/i\"\nlegacy_initd = true\n").unwrap();
+        assert!(matches!(
+            set_left_to_script(&root, &edge, true),
+            Err(MigrateError::Config { .. })
+        ));
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            "[instances.\"g/i\"\nlegacy_initd = true\n"
         );
     }
 }

@@ -9,6 +9,7 @@ use crate::install::{self, Installation, Instance, Root};
 use crate::systemd::{Systemd, SystemdError, UnitStatus, Verb};
 use crate::units::name;
 use clap::{Parser, Subcommand};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 /// Control the API Gateway instances of this host through systemd.
@@ -133,16 +134,22 @@ pub enum Command {
         long_about = "Move from the legacy /etc/init.d/vshell-* scripts to units.\n\n\
 Without options, print the plan: how each script maps to an instance or the Node Manager, and\n\
 what happens to its legacy unit. Nothing is changed.\n\n\
---apply, per mapped script: copy it exactly (content, mode, owner, times) with its rc links into\n\
-/var/lib/gateway-systemd/initd-backup/<UTC time>/ (manifest.json says what was done), stop its\n\
-running legacy service and check that nothing answers on the instance's health address any\n\
-more, remove it and its rc links from /etc, mask its legacy unit, enable the new unit when the\n\
-script ran at boot, reload, then start the new unit where the legacy service was running and\n\
-check that it serves. Stops at the first failure and says where.\n\n\
---rollback undoes the newest apply (or the one in --from DIR): stops the new units, disables\n\
-what apply enabled, unmasks the legacy units, restores the scripts and rc links exactly, writes\n\
-/etc/gateway-systemd/gateway.toml.d/90-migrate-initd.toml (legacy_initd = true, so the generator\n\
-leaves them to their scripts), reloads, and starts the legacy services that were running.\n\n\
+--apply first copies every mapped script exactly (content, mode, owner, times) with its rc links\n\
+into /var/lib/gateway-systemd/initd-backup/<UTC time>/ (manifest.json says what was done). Then,\n\
+one script at a time (the Node Manager first): stop its running legacy service and check that\n\
+nothing answers on the instance's health address any more, remove the script and its rc links\n\
+from /etc, mask its legacy unit, enable the new unit when the script ran at boot, reload, start\n\
+the new unit where the legacy service was running, and wait until it serves and every load\n\
+balancer polling its LB endpoint has taken it back (lb_rise passing checks; with none polling\n\
+within 10s, once it serves). Only then the next: a group never goes out at once. A failing step\n\
+gives its instance back to its script and stops there; the output names what was migrated and\n\
+what still runs from its script.\n\n\
+--rollback undoes every apply that moved scripts, newest first (or only the one in --from DIR),\n\
+one script at a time in reverse: stop the unit (drained), restore the script and its rc links\n\
+exactly, add legacy_initd = true for it to /etc/gateway-systemd/gateway.toml.d/90-migrate-initd.toml\n\
+(keeping what the file says already), unmask its legacy unit, disable what apply enabled, reload,\n\
+and start the legacy service if it ran. A script changed since the apply is never overwritten: it\n\
+is left as it is (and its unit running), and the rollback says so and exits 1.\n\n\
 Never two copies of one instance: the old service is stopped before the new one starts, every\n\
 generated unit conflicts with its legacy unit, and the launcher refuses to start while another\n\
 process holds the instance's health address."
@@ -151,7 +158,7 @@ process holds the instance's health address."
         /// Do the migration (default: print the plan only).
         #[arg(long, conflicts_with = "rollback")]
         apply: bool,
-        /// Undo the newest --apply.
+        /// Undo the migration: every --apply that still has scripts moved, newest first.
         #[arg(long)]
         rollback: bool,
         /// With --rollback: the backup directory to restore from.
@@ -507,6 +514,7 @@ fn print_list(inst: &Installation) {
 fn print_migration_plan(inst: &Installation, root: &Root) {
     let (scripts, unreadable) = crate::initd::scan(root);
     let lookup = crate::initd::Lookup::new(inst);
+    use crate::initd::Fate;
     if scripts.is_empty() && unreadable.is_empty() {
         println!(
             "no {}/{}* scripts: nothing to migrate",
@@ -516,27 +524,32 @@ fn print_migration_plan(inst: &Installation, root: &Root) {
         return;
     }
     for script in &scripts {
-        let legacy = script.sysv_unit();
-        let shown = legacy.as_deref().unwrap_or("its legacy unit");
-        match lookup.map(script) {
-            crate::initd::Mapping::Mapped { target, rule } => {
+        let shown = script.path.display();
+        match lookup.fate(script) {
+            Fate::Replaced {
+                target,
+                legacy_unit,
+                rule,
+            } => {
                 let (who, unit) = target.describe(inst);
-                let left_to_script = target.settings(inst).is_some_and(|s| s.legacy_initd);
-                let fate = match (&legacy, left_to_script) {
-                    (None, _) => "its name cannot be a unit name, so it is left alone; rename it to vshell-<group>-<instance>".to_string(),
-                    (Some(l), true) => format!("{l} stays usable (legacy_initd = true); --apply moves it"),
-                    (Some(l), false) => format!("{l} is masked; --apply moves it"),
-                };
-                println!(
-                    "{}: {who} -> {unit} (by {rule}); {fate}",
-                    script.path.display()
-                );
+                println!("{shown}: {who} -> {unit} (by {rule}); {legacy_unit} is masked; --apply moves it");
             }
-            crate::initd::Mapping::Unmapped { reason } => {
-                println!(
-                    "{}: left alone ({shown} stays usable): {reason}",
-                    script.path.display()
-                );
+            Fate::LeftToScript {
+                target,
+                legacy_unit,
+                rule,
+            } => {
+                let (who, unit) = target.describe(inst);
+                println!("{shown}: {who} -> {unit} (by {rule}); {legacy_unit} stays usable (legacy_initd = true); --apply moves it");
+            }
+            Fate::Unnamable { target } => {
+                let (who, unit) = target.describe(inst);
+                println!("{shown}: {who} -> {unit}; its name cannot be a unit name, so it is left alone; rename it to vshell-<group>-<instance>");
+            }
+            Fate::LeftAlone { reason } => {
+                let legacy = script.sysv_unit();
+                let unit = legacy.as_deref().unwrap_or("its legacy unit");
+                println!("{shown}: left alone ({unit} stays usable): {reason}");
             }
         }
     }
@@ -811,28 +824,17 @@ fn rolling_restart(systemd: &Systemd, scope: &Scope, chosen: &[Named], no_lb_wai
             );
             return code;
         }
-        // The launcher's STATUS= says "serving" once its health check passed and its LB
-        // endpoint answers 200; read over D-Bus, so this works with -H too.
-        let serving = loop {
-            match systemd.status(unit) {
-                Ok(s) if s.active_state == "active" && s.status_text.starts_with("serving") => {
-                    break true
-                }
-                _ if started.elapsed() > SERVING_TIMEOUT => break false,
-                _ => std::thread::sleep(Duration::from_millis(100)),
-            }
-        };
-        if !serving {
-            let s: UnitStatus = systemd.status(unit).unwrap_or_default();
-            eprintln!("{who}: restarted but not serving after {SERVING_TIMEOUT:?} ({}); rolling restart stopped here", s.status_text);
+        if let Err(state) = wait_serving(systemd, unit, started) {
+            eprintln!("{who}: restarted but not serving after {SERVING_TIMEOUT:?} ({state}); rolling restart stopped here");
             return exit::FAILED;
         }
         println!(
             "{who}: serving again after {:.1}s",
             started.elapsed().as_secs_f64()
         );
+        let serving_since = Instant::now();
         if let (Some(rise), Some(socket), false) = (rise, &socket, balancers.is_empty()) {
-            if let Err(missing) = wait_for_balancers(socket, &balancers, rise) {
+            if let Err(missing) = wait_for_pool(socket, Some(&balancers), rise, serving_since) {
                 eprintln!("{who}: after {LB_RISE_TIMEOUT:?} these load balancers have not seen it pass {rise} checks in a row: {missing}; rolling restart stopped here (check them, or lb_rise in /etc/gateway-systemd/gateway.toml)");
                 return exit::FAILED;
             }
@@ -846,31 +848,40 @@ fn rolling_restart(systemd: &Systemd, scope: &Scope, chosen: &[Named], no_lb_wai
     exit::OK
 }
 
-/// Wait until each of `balancers` has seen `rise` 200s in a row from the restarted launcher;
-/// Err lists those that have not, after [`LB_RISE_TIMEOUT`].
-fn wait_for_balancers(
+/// Wait until a started unit's launcher says it serves: its STATUS= says "serving" once its
+/// health check passed and its LB endpoint answers 200 (read over D-Bus, so this works with -H
+/// too). Err: its state after [`SERVING_TIMEOUT`] from `since`.
+pub(crate) fn wait_serving(systemd: &Systemd, unit: &str, since: Instant) -> Result<(), String> {
+    loop {
+        match systemd.status(unit) {
+            Ok(s) if s.active_state == "active" && s.status_text.starts_with("serving") => {
+                return Ok(())
+            }
+            _ if since.elapsed() > SERVING_TIMEOUT => {
+                let s: UnitStatus = systemd.status(unit).unwrap_or_default();
+                return Err(format!("{}, {}", s.active_state, s.status_text));
+            }
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// Wait until an instance that came back is in its balancers' pools again (see
+/// [`drain::back_in_pool`]): Ok says how that was decided; Err lists the balancers still
+/// missing after [`LB_RISE_TIMEOUT`].
+pub(crate) fn wait_for_pool(
     socket: &std::path::Path,
-    balancers: &[drain::Poller],
+    before: Option<&[drain::Poller]>,
     rise: u32,
-) -> Result<(), String> {
-    let started = Instant::now();
+    serving_since: Instant,
+) -> Result<String, String> {
     loop {
         let now = drain::status(socket).map(|s| s.pollers).unwrap_or_default();
-        let missing: Vec<String> = balancers
-            .iter()
-            .filter(|b| !b.got_in_a_row(&now, 200, rise))
-            .map(|b| match b.agent.as_str() {
-                "" => b.address.to_string(),
-                agent => format!("{} ({agent})", b.address),
-            })
-            .collect();
-        if missing.is_empty() {
-            return Ok(());
+        match drain::back_in_pool(before, &now, rise, serving_since.elapsed()) {
+            Ok(how) => return Ok(how),
+            Err(missing) if serving_since.elapsed() > LB_RISE_TIMEOUT => return Err(missing),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
-        if started.elapsed() > LB_RISE_TIMEOUT {
-            return Err(missing.join(", "));
-        }
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -902,6 +913,13 @@ fn nodemanager(systemd: &Systemd, action: &str) -> i32 {
     run_job_reported(systemd, verb, unit)
         .err()
         .unwrap_or(exit::OK)
+}
+
+/// Now, in µs since the epoch (as systemd's timestamps).
+fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 /// The longest a restarting instance waits for the other instances of its group.
@@ -942,6 +960,10 @@ fn wait_for_turn(inst: &Installation, instance: &str, shown: &str, socket: &std:
     let started = Instant::now();
     let mut said = String::new();
     let mut extended = Instant::now() - Duration::from_secs(60);
+    // Each sibling's launcher as first seen (main PID) and the balancers polling it then: once
+    // it runs under another PID it went out and came back, and those balancers must take it
+    // back. None: first seen already gone, so which balancers it had is unknown.
+    let mut first_seen: HashMap<usize, (u32, Option<Vec<drain::Poller>>)> = HashMap::new();
     loop {
         let jobs = match systemd.jobs() {
             Ok(j) => j,
@@ -954,31 +976,66 @@ fn wait_for_turn(inst: &Installation, instance: &str, shown: &str, socket: &std:
         if job_of(&unit) != Some("restart") {
             return;
         }
+        if me.settings.after_nodemanager && job_of(name::NODE_MANAGER_UNIT) == Some("restart") {
+            // Our starts wait for the Node Manager's, which waits for every instance to stop:
+            // waiting here for a sibling to come back would wait for ever.
+            eprintln!("{shown}: the Node Manager restarts too and the instances of group {} start after it (after_nodemanager = true), so they cannot take turns; draining now. `gatewayctl rolling-restart` restarts them one at a time", me.group.name);
+            return;
+        }
         let units: Vec<String> = siblings.iter().map(|(_, s)| s.unit()).collect();
         let statuses = systemd.status_many(&units);
         let mut waiting_for = None;
         for ((index, sibling), status) in siblings.iter().zip(statuses) {
             let Ok(status) = status else { continue };
             let job = job_of(&status.unit);
-            // A sibling whose ExecStop= waits its turn too is "deactivating" but still serves:
-            // the launcher's STATUS= changes only once its drain begins.
-            let serving = matches!(status.active_state.as_str(), "active" | "deactivating")
-                && status.status_text.starts_with("serving");
-            // Coming back from its own restart: out of the pool until it serves and its
-            // balancers took it back.
-            let returning =
-                matches!(job, Some("restart") | Some("start")) && (!serving || *index < my_index);
-            let readmitted = || {
-                drain::status(&drain::control_socket(&sibling.runtime_dir()))
-                    .map(|s| {
-                        s.pollers
-                            .iter()
-                            .filter(|p| p.is_recent())
-                            .all(|p| p.streak_code == 200 && p.streak >= sibling.settings.lb_rise)
-                    })
-                    .unwrap_or(true)
+            let socket = drain::control_socket(&sibling.runtime_dir());
+            let pollers = || -> Vec<drain::Poller> {
+                drain::status(&socket)
+                    .map(|s| s.pollers)
+                    .unwrap_or_default()
             };
-            if returning || (serving && !readmitted()) {
+            // Still in the life it had when this restart began (its ExecStop= may be waiting its
+            // turn too, or draining): "deactivating" counts.
+            let in_old_life = matches!(status.active_state.as_str(), "active" | "deactivating");
+            let (first_pid, before) = first_seen.entry(*index).or_insert_with(|| {
+                match in_old_life && status.main_pid != 0 {
+                    true => (
+                        status.main_pid,
+                        Some(
+                            pollers()
+                                .into_iter()
+                                .filter(drain::Poller::is_recent)
+                                .collect(),
+                        ),
+                    ),
+                    false => (0, None),
+                }
+            });
+            let came_back = status.main_pid != *first_pid;
+            let serving =
+                status.active_state == "active" && status.status_text.starts_with("serving");
+            let waiting = match job {
+                // Out of the pool until it serves again.
+                Some("restart") | Some("start") if !in_old_life || came_back => true,
+                // Restarting with this one: the one first in the topology goes first.
+                Some("restart") => *index < my_index,
+                // Back from its restart: out until its balancers have taken it again. One that
+                // is not serving (failed, unhealthy) is out of the pool whatever we wait for.
+                _ if came_back && serving => {
+                    let serving_for = Duration::from_micros(
+                        now_micros().saturating_sub(status.active_enter_timestamp),
+                    );
+                    drain::back_in_pool(
+                        before.as_deref(),
+                        &pollers(),
+                        sibling.settings.lb_rise,
+                        serving_for,
+                    )
+                    .is_err()
+                }
+                _ => false,
+            };
+            if waiting {
                 waiting_for = Some(format!("{}/{}", sibling.group.name, sibling.name));
                 break;
             }

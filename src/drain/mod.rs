@@ -163,6 +163,66 @@ impl Poller {
     }
 }
 
+/// When nothing recorded which balancers an instance had before it went out (it ran from a
+/// legacy script, or its launcher was already gone), how long after it serves again every
+/// balancer gets to poll it before the ones that did count as all of them.
+pub const FIRST_POLL_GRACE: Duration = Duration::from_secs(10);
+
+/// Whether an instance that came back (restarted, migrated) is in its load balancers' pools
+/// again: `Ok(how that was decided)`, or `Err(the balancers still missing)`.
+///
+/// `before` lists the balancers that polled it before it went out; each must have seen `rise`
+/// 200s in a row since. With `None` (unknown), every balancer polling it after
+/// [`FIRST_POLL_GRACE`] of serving must have; an instance nobody polls by then has none.
+pub fn back_in_pool(
+    before: Option<&[Poller]>,
+    now: &[Poller],
+    rise: u32,
+    serving_for: Duration,
+) -> Result<String, String> {
+    let shown = |b: &Poller| match b.agent.as_str() {
+        "" => b.address.to_string(),
+        agent => format!("{} ({agent})", b.address),
+    };
+    let missing = |balancers: &mut dyn Iterator<Item = &Poller>| -> Vec<String> {
+        balancers
+            .filter(|b| !b.got_in_a_row(now, 200, rise))
+            .map(shown)
+            .collect()
+    };
+    match before {
+        Some([]) => Ok("no load balancer polled it before".to_string()),
+        Some(known) => match missing(&mut known.iter()).as_slice() {
+            [] => Ok(format!(
+                "each of its {} load balancer(s) saw {rise} passing checks",
+                known.len()
+            )),
+            m => Err(m.join(", ")),
+        },
+        None => {
+            let recent: Vec<&Poller> = now.iter().filter(|p| p.is_recent()).collect();
+            if serving_for < FIRST_POLL_GRACE {
+                return Err(match recent.is_empty() {
+                    true => format!("waiting {FIRST_POLL_GRACE:?} for its balancers' first polls"),
+                    false => recent.into_iter().map(shown).collect::<Vec<_>>().join(", "),
+                });
+            }
+            match (
+                recent.len(),
+                missing(&mut recent.iter().copied()).as_slice(),
+            ) {
+                (0, _) => Ok(format!(
+                    "no load balancer polled it within {FIRST_POLL_GRACE:?} of serving"
+                )),
+                (n, []) => Ok(format!(
+                    "each of the {n} load balancer(s) polling it saw {rise} passing checks"
+                )),
+                (_, m) => Err(m.join(", ")),
+            }
+        }
+    }
+}
+
 /// What the launcher says of itself: its state word (`starting`, `serving`, `unhealthy`,
 /// `draining`, `stopping`) and who polls its LB endpoint.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -207,4 +267,53 @@ pub fn status(socket: &Path) -> Result<LauncherStatus, DrainError> {
         socket: socket.to_path_buf(),
         answer: line.trim().to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn poller(last: u8, code: u16, streak: u32) -> Poller {
+        Poller {
+            address: std::net::IpAddr::from([10, 0, 0, last]),
+            agent: String::new(),
+            streak_code: code,
+            streak,
+            polls: u64::from(streak),
+            last_ms_ago: 100,
+        }
+    }
+
+    #[test]
+    fn known_balancers_must_each_see_rise_passing_checks() {
+        let before = [poller(1, 200, 50), poller(2, 200, 50)];
+        let one_back = [poller(1, 200, 2), poller(2, 200, 1)];
+        let s = Duration::from_secs(60);
+        assert_eq!(
+            back_in_pool(Some(&before), &one_back, 2, s),
+            Err("10.0.0.2".to_string())
+        );
+        let both = [poller(1, 200, 2), poller(2, 200, 3)];
+        assert!(back_in_pool(Some(&before), &both, 2, s).is_ok());
+        // A fresh launcher that nobody polled yet is not back for balancers that were there.
+        assert!(back_in_pool(Some(&before), &[], 2, s).is_err());
+        assert!(back_in_pool(Some(&[]), &[], 2, Duration::ZERO).is_ok());
+    }
+
+    #[test]
+    fn unknown_balancers_get_a_grace_to_poll_then_all_must_pass() {
+        let rising = [poller(1, 200, 5)];
+        // Within the grace a balancer that has not polled yet may still come.
+        assert!(back_in_pool(None, &rising, 2, Duration::from_secs(3)).is_err());
+        assert!(back_in_pool(None, &[], 2, Duration::from_secs(3)).is_err());
+        let late = Duration::from_secs(11);
+        assert!(back_in_pool(None, &rising, 2, late).is_ok());
+        assert_eq!(
+            back_in_pool(None, &[poller(1, 200, 5), poller(3, 503, 4)], 2, late),
+            Err("10.0.0.3".to_string())
+        );
+        // Nobody polls it: it has no balancer to wait for.
+        assert!(back_in_pool(None, &[], 2, late)
+            .is_ok_and(|how| how.contains("no load balancer polled it")));
+    }
 }

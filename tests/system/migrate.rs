@@ -11,9 +11,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 const LEGACY: &str = "vshell-group1-server1.service";
+const LEGACY2: &str = "vshell-group1-server2.service";
 const UNIT: &str = "gateway@group1-server1.service";
 const DIR: &str = "/opt/apigateway/groups/group-2/instance-1";
 const ROLLBACK_CONFIG: &str = "etc/gateway-systemd/gateway.toml.d/90-migrate-initd.toml";
+/// A drop-in that makes server2's unit fail to start.
+const BREAK_SERVER2: &str = "etc/gateway-systemd/gateway.toml.d/50-break-server2.toml";
 
 /// Stands in for the vendor's startinstance as the legacy scripts call it (`-d|-k|-s -h DIR`):
 /// it runs the demo gateway in the instance directory, detached, as vshell would.
@@ -57,6 +60,19 @@ done
 echo done >> /run/watch.log
 "#;
 
+/// Samples, every 20 ms, the health checks on the traffic ports of group1's server1 and server2
+/// (whoever runs them: script or unit), and logs the pair of HTTP codes whenever it changes.
+const GROUP_SAMPLER: &str = r#"#!/bin/sh
+last=x
+while [ ! -e /run/sample.stop ]; do
+  a=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 http://127.0.0.1:8080/healthcheck)
+  b=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 http://127.0.0.1:8081/healthcheck)
+  [ "$a $b" != "$last" ] && echo "$a $b" >> /run/sample.log && last="$a $b"
+  sleep 0.02
+done
+echo done >> /run/sample.log
+"#;
+
 fn write_exec(path: &Path, text: &str) -> Result<(), String> {
     fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
     fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
@@ -73,11 +89,22 @@ fn setup(root: &Path) -> Result<(), String> {
         STARTINSTANCE,
     )?;
     write_exec(&root.join("usr/local/sbin/watch-copies"), WATCHER)?;
+    write_exec(&root.join("usr/local/sbin/sample-group1"), GROUP_SAMPLER)?;
+    // server2 has its own script too, as managedomain makes them.
+    let script1 = fs::read_to_string(root.join("etc/init.d/vshell-group1-server1"))
+        .map_err(|e| e.to_string())?;
+    write_exec(
+        &root.join("etc/init.d/vshell-group1-server2"),
+        &script1
+            .replace("group1-server1", "group1-server2")
+            .replace("server1 in group1", "server2 in group1")
+            .replace("instance-1", "instance-2"),
+    )?;
     fs::create_dir_all(root.join("etc/gateway-systemd/gateway.toml.d"))
         .map_err(|e| e.to_string())?;
     fs::write(
         root.join(ROLLBACK_CONFIG),
-        "[instances.\"group1/server1\"]\nlegacy_initd = true\n",
+        "[instances.\"group1/server1\"]\nlegacy_initd = true\n\n[instances.\"group1/server2\"]\nlegacy_initd = true\n",
     )
     .map_err(|e| e.to_string())?;
     // The rc links update-rc.d makes from the LSB header (start in 2-5, stop in 0, 1, 6).
@@ -92,9 +119,12 @@ fn setup(root: &Path) -> Result<(), String> {
     ] {
         let d = root.join("etc").join(dir);
         fs::create_dir_all(&d).map_err(|e| e.to_string())?;
-        let _ = fs::remove_file(d.join(link));
-        std::os::unix::fs::symlink("../init.d/vshell-group1-server1", d.join(link))
-            .map_err(|e| e.to_string())?;
+        for server in ["server1", "server2"] {
+            let link = link.replace("server1", server);
+            let _ = fs::remove_file(d.join(&link));
+            std::os::unix::fs::symlink(format!("../init.d/vshell-group1-{server}"), d.join(link))
+                .map_err(|e| e.to_string())?;
+        }
     }
     // A distinct mode and an old time, so that an inexact restore shows.
     let script = root.join("etc/init.d/vshell-group1-server1");
@@ -182,14 +212,64 @@ fn ctl(c: &Container, args: &[&str]) -> (i32, String) {
     )
 }
 
-/// Who answers on server1's traffic port: the demo's options say whether the legacy
-/// stand-in started it.
-fn served_by_legacy(c: &Container) -> Result<bool, Failed> {
-    let (code, body) = http(c, "GET", "http://127.0.0.1:8080/demo/status");
+/// Who answers on a traffic port (8080 server1, 8081 server2): the demo's options say
+/// whether the legacy stand-in started it.
+fn served_by_legacy_on(c: &Container, port: u16) -> Result<bool, Failed> {
+    let (code, body) = http(c, "GET", &format!("http://127.0.0.1:{port}/demo/status"));
     check(code == 200, || {
-        format!("server1 does not answer: {code} {body}")
+        format!("nothing serves port {port}: {code} {body}")
     })?;
     Ok(body.contains("started-by=legacy"))
+}
+
+fn served_by_legacy(c: &Container) -> Result<bool, Failed> {
+    served_by_legacy_on(c, 8080)
+}
+
+/// The group sampler, stopped and reaped however the test ends.
+struct Sampler(std::process::Child);
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Sampler {
+    fn start(c: &Container) -> Self {
+        let s = Sampler(c.spawn(&["/usr/local/sbin/sample-group1"]));
+        std::thread::sleep(Duration::from_millis(300));
+        s
+    }
+
+    /// Stop it; the pairs of codes it saw, in order.
+    fn stop(self, c: &Container) -> Result<Vec<String>, Failed> {
+        c.ok(&["touch", "/run/sample.stop"])?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let log =
+                String::from_utf8_lossy(&c.exec(&["cat", "/run/sample.log"]).stdout).to_string();
+            if log.lines().last() == Some("done") || Instant::now() > deadline {
+                drop(self);
+                let _ = c.exec(&["rm", "-f", "/run/sample.stop", "/run/sample.log"]);
+                return Ok(log.lines().map(str::to_string).collect());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// At every sample server1 or server2 answered its health check: the group was never down.
+fn group_never_down(seen: &[String], during: &str) -> Result<(), Failed> {
+    let pairs: Vec<&String> = seen.iter().filter(|l| *l != "done").collect();
+    check(
+        pairs.iter().all(|l| l.split(' ').any(|code| code == "200")),
+        || format!("group1 was down (server1 and server2 both out) during {during}: codes {seen:?}"),
+    )?;
+    check(pairs.len() >= 3, || {
+        format!("the sampler saw no change during {during}: {seen:?}")
+    })
 }
 
 /// The watcher's log: the counts it saw, in order.
@@ -297,9 +377,66 @@ pub fn apply_and_rollback_never_run_two_copies() -> Result<(), Failed> {
         format!("{LEGACY} is {load}/{active}, expected masked while still active")
     })?;
 
-    let out = hand_over(&c, "--apply", LEGACY, UNIT)?;
+    // A step that fails (server2's unit cannot start) gives that one instance back to its
+    // script and stops there: server1 serves from its unit, server2 from its script again, the
+    // rest is untouched, and group1 was never down at once.
+    c.ok(&["systemctl", "start", LEGACY2])?;
+    fs::write(
+        c.root().join(BREAK_SERVER2),
+        "[instances.\"group1/server2\"]\nstart_command = [\"/bin/false\"]\n",
+    )?;
+    c.ok(&["systemctl", "daemon-reload"])?;
+    let watcher = Watcher(c.spawn(&["/usr/local/sbin/watch-copies", DIR]));
+    let sampler = Sampler::start(&c);
+    let (code, out) = ctl(&c, &["migrate-initd", "--apply"]);
+    let group = sampler.stop(&c)?;
+    let copies = stop_watcher(&c, watcher)?;
+    check(
+        code == 1
+            && out.contains("migration stopped at group1/server2")
+            && out.contains("given back to its script")
+            && out.contains(&format!("started {UNIT}")),
+        || format!("apply with server2 broken: exit {code}\n{out}"),
+    )?;
+    group_never_down(&group, "an apply that failed at server2")?;
+    at_most_one_copy(&copies, "--apply")?;
+    let stopped = last_event(&c, LEGACY, UNIT_STOPPED)?;
+    let starting = last_event(&c, UNIT, UNIT_STARTING)?;
+    check(stopped < starting, || {
+        format!("{UNIT} began starting (journal µs {starting}) before {LEGACY} stopped (µs {stopped})")
+    })?;
     check(out.contains(&format!("stopped {LEGACY}")), || {
         format!("apply did not say it stopped {LEGACY}:\n{out}")
+    })?;
+    check(served_by_legacy_on(&c, 8081)?, || {
+        format!("server2 was not given back to its script:\n{out}")
+    })?;
+    let listing = c.ok(&["ls", "/etc/init.d"])?;
+    check(
+        listing.contains("vshell-group1-server2")
+            && listing.contains("vshell-payments-eu-edge-node-1")
+            && !listing.contains("vshell-group1-server1"),
+        || format!("after the failed step /etc/init.d holds:\n{listing}\n{out}"),
+    )?;
+    let left = fs::read_to_string(c.root().join(ROLLBACK_CONFIG)).unwrap_or_default();
+    check(
+        left.contains("group1/server2") && !left.contains("group1/server1"),
+        || format!("{ROLLBACK_CONFIG} does not leave exactly server2 to its script:\n{left}"),
+    )?;
+
+    // Fixed, apply again: the rest is migrated, one at a time.
+    fs::remove_file(c.root().join(BREAK_SERVER2))?;
+    c.ok(&["systemctl", "daemon-reload"])?;
+    let sampler = Sampler::start(&c);
+    let (code, out) = ctl(&c, &["migrate-initd", "--apply"]);
+    let group = sampler.stop(&c)?;
+    check(
+        code == 0 && out.contains("started gateway@group1-server2.service"),
+        || format!("second apply: exit {code}\n{out}"),
+    )?;
+    group_never_down(&group, "the second apply")?;
+    check(!served_by_legacy_on(&c, 8081)?, || {
+        "after the second apply server2 is still served by its script".into()
     })?;
     check(!served_by_legacy(&c)?, || {
         "after apply server1 is still served by the legacy copy".into()
@@ -331,7 +468,10 @@ pub fn apply_and_rollback_never_run_two_copies() -> Result<(), Failed> {
         || format!("{LEGACY} could be started after apply"),
     )?;
 
+    // Both applies are rolled back, newest first, one instance at a time.
+    let sampler = Sampler::start(&c);
     hand_over(&c, "--rollback", UNIT, LEGACY)?;
+    group_never_down(&sampler.stop(&c)?, "--rollback")?;
     let after = snapshot(&c)?;
     check(after == before, || {
         format!("rollback did not restore the scripts exactly:\nbefore:\n{before}\nafter:\n{after}")
