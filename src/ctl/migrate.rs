@@ -170,6 +170,9 @@ pub struct SavedScript {
     pub legacy_was_active: bool,
     /// Apply enabled `unit` (it was not enabled before).
     pub enabled_unit: bool,
+    /// Before the apply `legacy_initd = true` left its instance to it.
+    #[serde(default)]
+    pub left_to_script: bool,
     /// Apply moved it away (and a rollback has not put it back yet).
     #[serde(default = "moved_by_default")]
     pub moved: bool,
@@ -383,6 +386,7 @@ pub fn save(
         legacy_was_active: false,
         enabled_unit: false,
         moved: false,
+        left_to_script: false,
         name,
     };
     let copy = backup.join(&saved.name);
@@ -811,14 +815,20 @@ impl Migration<'_> {
                 )));
             }
         }
+        // Back to how it was: a script that ran its instance, or was left to run it, runs it
+        // again; one whose instance its unit ran stays inert beside the unit (masked again by
+        // the generator).
+        let to_script = saved.legacy_was_active || saved.left_to_script;
         let unit_ran = running(systemd, &saved.unit)?;
-        if unit_ran {
+        if to_script && unit_ran {
             super::run_job_reported(systemd, Verb::Stop, &saved.unit)
                 .map_err(|_| format!("{} did not stop", saved.unit))?;
             println!("{who}: stopped {} (drained)", saved.unit);
         }
         restore(root, &self.backup, &saved).map_err(|e| e.to_string())?;
-        set_left_to_script(root, &saved, true).map_err(|e| e.to_string())?;
+        if to_script {
+            set_left_to_script(root, &saved, true).map_err(|e| e.to_string())?;
+        }
         systemd
             .mask_files(&[&saved.legacy_unit], false)
             .map_err(|e| e.to_string())?;
@@ -833,11 +843,15 @@ impl Migration<'_> {
         self.save_manifest()?;
         systemd.reload().map_err(|e| e.to_string())?;
         println!(
-            "{who}: restored {} and {} rc link(s); {ROLLBACK_CONFIG} leaves it to its script",
+            "{who}: restored {} and {} rc link(s); {}",
             saved.path.display(),
-            saved.rc_links.len()
+            saved.rc_links.len(),
+            match to_script {
+                true => format!("{ROLLBACK_CONFIG} leaves {} to it", saved.what),
+                false => format!("{} runs {} as before the apply", saved.unit, saved.what),
+            }
         );
-        if saved.legacy_was_active || unit_ran {
+        if to_script && (saved.legacy_was_active || unit_ran) {
             super::run_job_reported(systemd, Verb::Start, &saved.legacy_unit)
                 .map_err(|_| format!("{} did not start", saved.legacy_unit))?;
             println!("{who}: started {} ({})", saved.legacy_unit, saved.what);
@@ -905,13 +919,16 @@ pub fn apply(systemd: &Systemd, inst: &Installation, root: &Root) -> i32 {
         println!("{}: left alone: cannot read: {why}", path.display());
     }
     let lookup = Lookup::new(inst);
-    let mut steps: Vec<(PathBuf, Target, String)> = Vec::new();
+    let mut steps: Vec<(PathBuf, Target, String, bool)> = Vec::new();
     for script in &scripts {
         let fate = lookup.fate(script);
         match (&fate, fate.mapped()) {
-            (_, Some((target, legacy_unit))) => {
-                steps.push((script.path.clone(), target, legacy_unit.to_string()))
-            }
+            (_, Some((target, legacy_unit))) => steps.push((
+                script.path.clone(),
+                target,
+                legacy_unit.to_string(),
+                matches!(fate, Fate::LeftToScript { .. }),
+            )),
             (Fate::Unnamable { target }, None) => println!(
                 "{}: left alone: it starts {} but its name cannot be a unit name; rename it to vshell-<group>-<instance> and run again",
                 script.path.display(),
@@ -928,7 +945,7 @@ pub fn apply(systemd: &Systemd, inst: &Installation, root: &Root) -> i32 {
         return exit::OK;
     }
     // The Node Manager first: instances may be ordered after it.
-    steps.sort_by_key(|(_, target, _)| !matches!(target, Target::NodeManager));
+    steps.sort_by_key(|(_, target, _, _)| !matches!(target, Target::NodeManager));
 
     // 1. Copy every script (and record its rc links) before anything changes.
     let created = SystemTime::now()
@@ -946,9 +963,9 @@ pub fn apply(systemd: &Systemd, inst: &Installation, root: &Root) -> i32 {
         enabled_target: false,
         scripts: Vec::new(),
     };
-    let legacy_units: Vec<String> = steps.iter().map(|(_, _, l)| l.clone()).collect();
+    let legacy_units: Vec<String> = steps.iter().map(|(_, _, l, _)| l.clone()).collect();
     let legacy_states = systemd.status_many(&legacy_units);
-    for ((script, target, legacy_unit), state) in steps.iter().zip(legacy_states) {
+    for ((script, target, legacy_unit, left_to_script), state) in steps.iter().zip(legacy_states) {
         let (what, unit) = target.describe(inst);
         let instance = match target {
             Target::Instance(_) => Some(what.clone()),
@@ -961,6 +978,7 @@ pub fn apply(systemd: &Systemd, inst: &Installation, root: &Root) -> i32 {
                 return exit::FAILED;
             }
         };
+        saved.left_to_script = *left_to_script;
         saved.legacy_was_active = match state {
             Ok(s) => is_running(&s.active_state),
             Err(e) => return report(&e),
@@ -985,7 +1003,7 @@ pub fn apply(systemd: &Systemd, inst: &Installation, root: &Root) -> i32 {
         manifest,
     };
     let n = steps.len();
-    for (k, (_, target, _)) in steps.iter().enumerate() {
+    for (k, (_, target, _, _)) in steps.iter().enumerate() {
         let who = format!("[{}/{n}] {}", k + 1, m.manifest.scripts[k].what);
         if let Err(why) = m.hand_to_unit(inst, k, *target, &who) {
             eprintln!("{who}: {why}");
@@ -1264,6 +1282,7 @@ mod tests {
             legacy_was_active: true,
             enabled_unit: false,
             moved: true,
+            left_to_script: true,
         }
     }
 

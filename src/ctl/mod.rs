@@ -145,11 +145,13 @@ within 10s, once it serves). Only then the next: a group never goes out at once.
 gives its instance back to its script and stops there; the output names what was migrated and\n\
 what still runs from its script.\n\n\
 --rollback undoes every apply that moved scripts, newest first (or only the one in --from DIR),\n\
-one script at a time in reverse: stop the unit (drained), restore the script and its rc links\n\
-exactly, add legacy_initd = true for it to /etc/gateway-systemd/gateway.toml.d/90-migrate-initd.toml\n\
-(keeping what the file says already), unmask its legacy unit, disable what apply enabled, reload,\n\
-and start the legacy service if it ran. A script changed since the apply is never overwritten: it\n\
-is left as it is (and its unit running), and the rollback says so and exits 1.\n\n\
+one script at a time in reverse: restore the script and its rc links exactly, unmask its legacy\n\
+unit, disable what apply enabled, reload. A script that ran its instance before the apply (or\n\
+was left to it by legacy_initd = true) runs it again: its unit is stopped (drained) first, and\n\
+legacy_initd = true for it is added to /etc/gateway-systemd/gateway.toml.d/90-migrate-initd.toml\n\
+(keeping what the file says already). A script whose instance its unit ran stays inert beside\n\
+it, as before. A script changed since the apply is never overwritten: it is left as it is (and\n\
+its unit running), and the rollback says so and exits 1.\n\n\
 Never two copies of one instance: the old service is stopped before the new one starts, every\n\
 generated unit conflicts with its legacy unit, and the launcher refuses to start while another\n\
 process holds the instance's health address."

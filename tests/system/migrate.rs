@@ -265,7 +265,11 @@ fn group_never_down(seen: &[String], during: &str) -> Result<(), Failed> {
     let pairs: Vec<&String> = seen.iter().filter(|l| *l != "done").collect();
     check(
         pairs.iter().all(|l| l.split(' ').any(|code| code == "200")),
-        || format!("group1 was down (server1 and server2 both out) during {during}: codes {seen:?}"),
+        || {
+            format!(
+                "group1 was down (server1 and server2 both out) during {during}: codes {seen:?}"
+            )
+        },
     )?;
     check(pairs.len() >= 3, || {
         format!("the sampler saw no change during {during}: {seen:?}")
@@ -339,6 +343,7 @@ pub fn apply_and_rollback_never_run_two_copies() -> Result<(), Failed> {
         format!("{LEGACY} comes from {source:?}; the sysv generator should make it")
     })?;
     c.ok(&["systemctl", "start", LEGACY])?;
+    c.ok(&["systemctl", "start", LEGACY2])?;
     check(served_by_legacy(&c)?, || {
         "the legacy service does not serve server1".into()
     })?;
@@ -380,7 +385,6 @@ pub fn apply_and_rollback_never_run_two_copies() -> Result<(), Failed> {
     // A step that fails (server2's unit cannot start) gives that one instance back to its
     // script and stops there: server1 serves from its unit, server2 from its script again, the
     // rest is untouched, and group1 was never down at once.
-    c.ok(&["systemctl", "start", LEGACY2])?;
     fs::write(
         c.root().join(BREAK_SERVER2),
         "[instances.\"group1/server2\"]\nstart_command = [\"/bin/false\"]\n",
@@ -403,7 +407,9 @@ pub fn apply_and_rollback_never_run_two_copies() -> Result<(), Failed> {
     let stopped = last_event(&c, LEGACY, UNIT_STOPPED)?;
     let starting = last_event(&c, UNIT, UNIT_STARTING)?;
     check(stopped < starting, || {
-        format!("{UNIT} began starting (journal µs {starting}) before {LEGACY} stopped (µs {stopped})")
+        format!(
+            "{UNIT} began starting (journal µs {starting}) before {LEGACY} stopped (µs {stopped})"
+        )
     })?;
     check(out.contains(&format!("stopped {LEGACY}")), || {
         format!("apply did not say it stopped {LEGACY}:\n{out}")
