@@ -178,12 +178,19 @@ pub fn runtime_dropin(
     Some(c)
 }
 
+/// Whether a unit's runtime drop-in says something else than `content` (None: no drop-in).
+fn dropin_differs(unit: &str, content: Option<&str>) -> bool {
+    let path = PathBuf::from(RUNTIME_UNIT_DIR)
+        .join(format!("{unit}.d"))
+        .join(RUNTIME_DROPIN);
+    std::fs::read_to_string(path).ok().as_deref() != content
+}
+
 /// Write (or remove) a unit's runtime drop-in atomically; true when anything changed.
 fn apply_dropin(unit: &str, content: Option<&str>) -> std::io::Result<bool> {
     let dir = PathBuf::from(RUNTIME_UNIT_DIR).join(format!("{unit}.d"));
     let path = dir.join(RUNTIME_DROPIN);
-    let current = std::fs::read_to_string(&path).ok();
-    if current.as_deref() == content {
+    if !dropin_differs(unit, content) {
         return Ok(false);
     }
     match content {
@@ -283,6 +290,23 @@ pub fn startinstance_main(args: &[String]) -> i32 {
                 parsed.prompt,
                 instance.settings.start_timeout,
             );
+            // A running gateway keeps the command line it started with: starting it again
+            // cannot apply other options, and writing them now would apply them silently at
+            // some later restart.
+            let running = systemd.status(&unit).is_ok_and(|s| {
+                matches!(
+                    s.active_state.as_str(),
+                    "active" | "activating" | "reloading"
+                )
+            });
+            if running && dropin_differs(&unit, dropin.as_deref()) {
+                eprintln!(
+                    "{shown} is already running, with other options than these; nothing was changed. \
+                     To run it with them, stop it first (startinstance -n \"{}\" -g \"{}\" -k, which drains it), then start it again with them",
+                    instance.name, instance.group.name
+                );
+                return 1;
+            }
             match apply_dropin(&unit, dropin.as_deref()) {
                 Ok(true) => {
                     if let Err(e) = systemd.reload() {

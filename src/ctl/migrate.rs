@@ -242,28 +242,18 @@ fn mtime_of(secs: i64, nsec: i64) -> SystemTime {
 
 /// Set a symbolic link's own owner and times (not its target's).
 fn set_link_meta(path: &Path, uid: u32, gid: u32, mtime: (i64, i64)) -> io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
+    use nix::sys::stat::{utimensat, UtimensatFlags};
+    use nix::sys::time::TimeSpec;
     std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let time = libc::timespec {
-        tv_sec: mtime.0 as libc::time_t,
-        tv_nsec: mtime.1 as libc::c_long,
-    };
-    // SAFETY: a valid C string and two timespecs, as utimensat(2) wants.
-    let rc = unsafe {
-        libc::utimensat(
-            libc::AT_FDCWD,
-            c_path.as_ptr(),
-            [time, time].as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    let time = TimeSpec::new(mtime.0, mtime.1);
+    utimensat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        &time,
+        &time,
+        UtimensatFlags::NoFollowSymlink,
+    )
+    .map_err(io::Error::from)
 }
 
 /// Copy `from` to `to` exactly: content, mode, owner, modification time (a symlink as a
@@ -271,14 +261,10 @@ fn set_link_meta(path: &Path, uid: u32, gid: u32, mtime: (i64, i64)) -> io::Resu
 fn copy_exact(from: &Path, to: &Path) -> Result<(), MigrateError> {
     let meta = fs::symlink_metadata(from).map_err(io_err("cannot read", from))?;
     let dir = to.parent().unwrap_or(Path::new("/"));
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        to.file_name().unwrap_or_default().to_string_lossy()
-    ));
-    let _ = fs::remove_file(&tmp);
     if meta.file_type().is_symlink() {
         let target = fs::read_link(from).map_err(io_err("cannot read", from))?;
-        std::os::unix::fs::symlink(&target, &tmp).map_err(io_err("cannot create", &tmp))?;
+        let (tmp, ()) = install::create_beside(to, |tmp| std::os::unix::fs::symlink(&target, tmp))
+            .map_err(io_err("cannot create a link beside", to))?;
         set_link_meta(
             &tmp,
             meta.uid(),
@@ -286,9 +272,11 @@ fn copy_exact(from: &Path, to: &Path) -> Result<(), MigrateError> {
             (meta.mtime(), meta.mtime_nsec()),
         )
         .map_err(io_err("cannot set the owner and times of", &tmp))?;
+        fs::rename(&tmp, to).map_err(io_err("cannot rename into place", to))?;
     } else {
         let bytes = fs::read(from).map_err(io_err("cannot read", from))?;
-        let mut f = fs::File::create(&tmp).map_err(io_err("cannot create", &tmp))?;
+        let (tmp, mut f) = install::create_beside(to, |t| fs::File::create_new(t))
+            .map_err(io_err("cannot create a file beside", to))?;
         io::Write::write_all(&mut f, &bytes).map_err(io_err("cannot write", &tmp))?;
         // Owner before mode: chown clears set-id bits.
         std::os::unix::fs::fchown(&f, Some(meta.uid()), Some(meta.gid()))
@@ -301,8 +289,8 @@ fn copy_exact(from: &Path, to: &Path) -> Result<(), MigrateError> {
         f.set_times(times)
             .map_err(io_err("cannot set the times of", &tmp))?;
         f.sync_all().map_err(io_err("cannot sync", &tmp))?;
+        fs::rename(&tmp, to).map_err(io_err("cannot rename into place", to))?;
     }
-    fs::rename(&tmp, to).map_err(io_err("cannot rename into place", to))?;
     if let Ok(d) = fs::File::open(dir) {
         let _ = d.sync_all();
     }
@@ -490,29 +478,24 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, MigrateError> {
 
 /// A UTC timestamp for directory names: `20261123T134553Z`.
 fn timestamp(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Howard Hinnant's days-to-civil algorithm.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let t = i64::try_from(secs)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     format!(
-        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
+        "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
     )
 }
 
-/// Hold the migration lock for as long as the returned file lives.
-fn lock(root: &Root) -> Result<fs::File, MigrateError> {
-    use std::os::fd::AsRawFd;
+/// Hold the migration lock for as long as the returned lock lives.
+fn lock(root: &Root) -> Result<nix::fcntl::Flock<fs::File>, MigrateError> {
+    use nix::fcntl::{Flock, FlockArg};
     use std::os::unix::fs::DirBuilderExt;
     let base = root.real(Path::new(BACKUP_ROOT));
     fs::DirBuilder::new()
@@ -522,11 +505,7 @@ fn lock(root: &Root) -> Result<fs::File, MigrateError> {
         .map_err(io_err("cannot create", &base))?;
     let path = base.join(".lock");
     let f = fs::File::create(&path).map_err(io_err("cannot create", &path))?;
-    // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(MigrateError::Busy { path });
-    }
-    Ok(f)
+    Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|_| MigrateError::Busy { path })
 }
 
 /// The instance's or Node Manager's health URL with its ports filled in.
@@ -1201,8 +1180,10 @@ mod tests {
         fs::create_dir_all(&rc3).unwrap();
         std::os::unix::fs::symlink("rc.d/rc3.d", dir.path().join("etc/rc3.d")).unwrap();
         std::os::unix::fs::symlink("../init.d/vshell-g-i", rc3.join("S20vshell-g-i")).unwrap();
-        // SAFETY: getuid/getgid cannot fail.
-        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let (uid, gid) = (
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw(),
+        );
         set_link_meta(&rc2.join("S20vshell-g-i"), uid, gid, (1_500_000_000, 5)).unwrap();
         let backup = dir.path().join("backup");
         fs::create_dir(&backup).unwrap();

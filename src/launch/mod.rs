@@ -65,22 +65,21 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
         .sum()
 }
 
-/// The host and port of an http(s) URL (the scheme's port when none is written).
-fn host_port(url: &str) -> (&str, u16) {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("", ""));
-    let authority = rest.split(['/', '?']).next().unwrap_or("");
-    let (host, port) = match authority.strip_prefix('[') {
-        Some(v6) => {
-            let (host, after) = v6.split_once(']').unwrap_or((v6, ""));
-            (host, after.strip_prefix(':'))
-        }
-        None => match authority.split_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (authority, None),
-        },
+/// The host (IPv6 without its brackets) and port of an http(s) URL, the scheme's port when
+/// none is written; None when it is no such URL.
+fn host_port(url: &str) -> Option<(String, u16)> {
+    let uri: http::Uri = url.parse().ok()?;
+    let default = match uri.scheme_str()? {
+        "https" => 443,
+        "http" => 80,
+        _ => return None,
     };
-    let default = if scheme == "https" { 443 } else { 80 };
-    (host, port.and_then(|p| p.parse().ok()).unwrap_or(default))
+    let host = uri.host()?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    Some((host.to_string(), uri.port_u16().unwrap_or(default)))
 }
 
 /// Take the instance directory's exclusive lock (flock on the directory itself: one inode
@@ -138,11 +137,12 @@ pub fn lock_instance_dir(
 
 /// Whether a health URL points at this host (the Node Manager's and gateways' own ports).
 fn is_loopback(url: &str) -> bool {
-    let host = host_port(url).0;
-    host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+    host_port(url).is_some_and(|(host, _)| {
+        host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    })
 }
 
 /// Another copy of this instance, found before ours is started: something already accepts
@@ -153,7 +153,8 @@ pub fn already_running(url: &str) -> Option<std::net::SocketAddr> {
     if !is_loopback(url) {
         return None;
     }
-    host_port(url)
+    let (host, port) = host_port(url)?;
+    (host.as_str(), port)
         .to_socket_addrs()
         .ok()?
         .find(|a| std::net::TcpStream::connect_timeout(a, Duration::from_millis(500)).is_ok())
@@ -645,12 +646,15 @@ mod tests {
         assert!(is_loopback("https://[::1]:8090/"));
         assert!(!is_loopback("https://gw1.example.com:8090/healthcheck"));
         assert!(!is_loopback("https://127.example.com/"));
-        assert_eq!(host_port("https://[::1]/x"), ("::1", 443));
+        let hp = host_port;
+        assert_eq!(hp("https://[::1]/x"), Some(("::1".into(), 443)));
         assert_eq!(
-            host_port("http://127.0.0.1:8080/h?x=1"),
-            ("127.0.0.1", 8080)
+            hp("http://127.0.0.1:8080/h?x=1"),
+            Some(("127.0.0.1".into(), 8080))
         );
-        assert_eq!(host_port("http://localhost"), ("localhost", 80));
+        assert_eq!(hp("http://localhost"), Some(("localhost".into(), 80)));
+        assert_eq!(hp("ftp://localhost/"), None);
+        assert_eq!(hp("127.0.0.1:8080"), None);
     }
 
     #[test]

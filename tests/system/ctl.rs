@@ -349,6 +349,46 @@ pub fn startinstance_compatible(c: &Container) -> Result<(), Failed> {
         ],
     );
     let with = demo_options(c, 8080)?;
+    // Other options for a running instance cannot reach it: refused, and nothing changes.
+    let (code3, out3, err3) = run(
+        c,
+        &[
+            "startinstance",
+            "-n",
+            "server1",
+            "-g",
+            "group1",
+            "-d",
+            "-Dother=1",
+        ],
+    );
+    let still = demo_options(c, 8080)?;
+    if code3 != 1 || !err3.contains("already running, with other options") || still != with {
+        return Err(fail(format!(
+            "-D on a running instance: exit {code3} ({out3}{err3}), the gateway now has {still}"
+        )));
+    }
+    // The same options again: it runs with them already.
+    let (code4, _, err4) = run(
+        c,
+        &[
+            "startinstance",
+            "-n",
+            "server1",
+            "-g",
+            "group1",
+            "-d",
+            "-Dfoo=bar",
+            "-q",
+            "-b",
+            "/tmp/trace",
+        ],
+    );
+    if code4 != 0 {
+        return Err(fail(format!(
+            "the same options on a running instance: exit {code4} ({err4})"
+        )));
+    }
     let _ = run(c, &["startinstance", "-n", "server1", "-g", "group1", "-k"]);
     let (code2, _, err2) = run(c, &["startinstance", "-n", "server1", "-g", "group1", "-d"]);
     let without = demo_options(c, 8080)?;
