@@ -217,7 +217,13 @@ pub fn plan(root: &Root) -> Plan {
         } else {
             String::new()
         },
-        if installation.node_manager.is_some() {
+        if installation
+            .node_manager
+            .as_ref()
+            .is_some_and(|nm| nm.held.is_some())
+        {
+            "held by a config error"
+        } else if installation.node_manager.is_some() {
             "yes"
         } else {
             "no"

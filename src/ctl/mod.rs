@@ -473,6 +473,21 @@ pub fn check_config(root: &Root) -> i32 {
             println!("  {field:<22} = {value:<40} # {from}");
         }
     }
+    if let Some(nm) = &inst.node_manager {
+        let state = match &nm.held {
+            Some(reason) => {
+                format!("HELD by the config error at {reason}: not started until it is fixed")
+            }
+            None if nm.settings.autostart => "ok, autostart".to_string(),
+            None => "ok, not autostart".to_string(),
+        };
+        println!("the Node Manager ({}): {state}", name::NODE_MANAGER_UNIT);
+        for (field, value) in config.nodemanager.set_fields() {
+            if let Some(o) = config.nodemanager_origins.get(field) {
+                println!("  {field:<22} = {value:<40} # {o} [nodemanager]");
+            }
+        }
+    }
     if inst.instances.is_empty() {
         println!(
             "no instance of host {:?} in {}",

@@ -171,6 +171,9 @@ pub struct Config {
     pub instance_origins: BTreeMap<String, BTreeMap<&'static str, Origin>>,
     /// Instance tables that could not be read: the instance must not run on guessed settings.
     pub broken_instances: BTreeMap<String, InstallError>,
+    /// The `[nodemanager]` table could not be read: the Node Manager must not run on guessed
+    /// settings.
+    pub broken_nodemanager: Option<InstallError>,
     /// Files that could not be read or parsed, or hold a bad top-level value: they may set
     /// anything, so every instance is held.
     pub broken_files: Vec<InstallError>,
@@ -251,10 +254,37 @@ struct ConfigFile {
     group: Option<String>,
     #[serde(default)]
     defaults: SettingsPatch,
-    #[serde(default)]
-    nodemanager: SettingsPatch,
+    nodemanager: Option<toml::Spanned<toml::Value>>,
     #[serde(default)]
     instances: BTreeMap<String, toml::Spanned<toml::Value>>,
+}
+
+/// Where a settings table that does not parse went wrong: the line of the first key whose
+/// value alone does not parse (the error names the key), else the table's own line.
+fn at_bad_key(
+    table: &toml::Value,
+    text: &str,
+    table_name: &str,
+    origin: Origin,
+    message: &str,
+) -> (Origin, String) {
+    let message = message.trim().to_string();
+    let bad = table.as_table().and_then(|t| {
+        t.iter().find_map(|(k, v)| {
+            let one = toml::Table::from_iter([(k.clone(), v.clone())]);
+            toml::Value::Table(one)
+                .try_into::<SettingsPatch>()
+                .err()
+                .map(|e| (k.clone(), e.message().trim().to_string()))
+        })
+    });
+    match bad {
+        Some((key, detail)) => {
+            let line = key_line(text, table_name, &key).unwrap_or(origin.line);
+            (Origin { line, ..origin }, format!("{key}: {detail}"))
+        }
+        None => (origin, message),
+    }
 }
 
 /// 1-based line of a byte offset.
@@ -279,7 +309,6 @@ impl Config {
             line: e.span().map(|s| line_of(text, s.start)).unwrap_or(1),
             detail: e.message().trim().to_string(),
         })?;
-        let mut problems = Vec::new();
         let bad = |key: &str, detail: String| InstallError::ConfigSyntax {
             path: path.to_path_buf(),
             line: text
@@ -335,21 +364,42 @@ impl Config {
             "defaults",
             table_line("defaults"),
         ));
-        self.nodemanager_origins.extend(origins_of(
-            &file.nodemanager,
-            text,
-            path,
-            "nodemanager",
-            table_line("nodemanager"),
-        ));
         self.defaults.overlay(&file.defaults);
-        self.nodemanager.overlay(&file.nodemanager);
+        let mut problems = Vec::new();
+        if let Some(spanned) = file.nodemanager {
+            let origin = Origin {
+                path: path.to_path_buf(),
+                line: table_line("nodemanager"),
+            };
+            let value = spanned.into_inner();
+            match value.clone().try_into::<SettingsPatch>() {
+                Ok(patch) => {
+                    self.broken_nodemanager = None;
+                    self.nodemanager_origins.extend(origins_of(
+                        &patch,
+                        text,
+                        path,
+                        "nodemanager",
+                        origin.line,
+                    ));
+                    self.nodemanager.overlay(&patch);
+                }
+                Err(e) => {
+                    let (origin, detail) =
+                        at_bad_key(&value, text, "nodemanager", origin, e.message());
+                    let err = InstallError::ConfigNodeManager { origin, detail };
+                    problems.push(err.clone());
+                    self.broken_nodemanager = Some(err);
+                }
+            }
+        }
         for (key, spanned) in file.instances {
             let origin = Origin {
                 path: path.to_path_buf(),
                 line: line_of(text, spanned.span().start),
             };
-            match spanned.into_inner().try_into::<SettingsPatch>() {
+            let value = spanned.into_inner();
+            match value.clone().try_into::<SettingsPatch>() {
                 Ok(patch) => {
                     self.broken_instances.remove(&key);
                     self.instance_origins
@@ -370,10 +420,12 @@ impl Config {
                     entry.1 = origin;
                 }
                 Err(e) => {
+                    let table = format!("instances.\"{key}\"");
+                    let (origin, detail) = at_bad_key(&value, text, &table, origin, e.message());
                     let err = InstallError::ConfigInstance {
                         origin,
                         key: key.clone(),
-                        detail: e.message().trim().to_string(),
+                        detail,
                     };
                     problems.push(err.clone());
                     self.broken_instances.insert(key, err);

@@ -59,8 +59,8 @@ pub enum InstallError {
         detail: String,
     },
     /// A config file does not parse (or sets a bad top-level value): it may set anything, so
-    /// every instance is held.
-    #[error("{}:{line}: {detail}; every instance is held (not started, legacy init scripts stay masked) until this is fixed", path.display())]
+    /// every instance and the Node Manager are held.
+    #[error("{}:{line}: {detail}; every instance and the Node Manager are held (not started, legacy init scripts stay masked) until this is fixed", path.display())]
     ConfigSyntax {
         /// The file.
         path: PathBuf,
@@ -78,6 +78,16 @@ pub enum InstallError {
         origin: Origin,
         /// The table key.
         key: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The `[nodemanager]` table does not parse: the Node Manager is held.
+    #[error(
+        "{origin}: [nodemanager]: {detail}; the Node Manager is held (not started, its legacy init script stays masked) until this is fixed"
+    )]
+    ConfigNodeManager {
+        /// Where the table is.
+        origin: Origin,
         /// What is wrong.
         detail: String,
     },

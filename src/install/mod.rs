@@ -101,6 +101,8 @@ pub struct NodeManager {
     pub config_file: Option<PathBuf>,
     /// Resolved settings.
     pub settings: InstanceSettings,
+    /// Held by a config error (where it was written): never started until it is fixed.
+    pub held: Option<String>,
 }
 
 /// A service of the topology that runs on another host (kept so that an init script or a
@@ -537,29 +539,58 @@ fn resolve(
             scheme: &nm.scheme,
         };
         let xml = inst.install_dir.join("system/conf/nodemanager.xml");
-        match settle(&patch, &vars, "nodemanager") {
-            Ok(settings) => {
-                inst.node_manager = Some(NodeManager {
-                    name: nm.name.clone(),
-                    management_port: nm.management_port,
-                    config_file: root.real(&xml).is_file().then_some(xml),
-                    settings,
-                })
-            }
-            Err((field, detail)) => problems.push(Problem::error(InstallError::BadSetting {
-                place: config
+        // The fail-safe rule, as for instances: a bad [nodemanager] value or a config file that
+        // cannot be read (it may hold [nodemanager]) holds the Node Manager.
+        let mut held = config
+            .broken_nodemanager
+            .iter()
+            .chain(config.broken_files.first())
+            .next()
+            .map(held_reason);
+        let settings = match settle(&patch, &vars, "nodemanager") {
+            Ok(settings) => Some(settings),
+            Err((field, detail)) => {
+                let origin = config
                     .nodemanager_origins
                     .get(field)
-                    .or(config.defaults_origins.get(field))
-                    .map_or_else(
+                    .or(config.defaults_origins.get(field));
+                held = Some(origin.map_or_else(
+                    || format!("[nodemanager]: {field}"),
+                    |o| format!("{o}: {field}"),
+                ));
+                problems.push(Problem::error(InstallError::BadSetting {
+                    place: origin.map_or_else(
                         || "[nodemanager]".to_string(),
                         |o| format!("{o}: [nodemanager]"),
                     ),
-                detail: detail
-                    .strip_prefix("nodemanager: ")
-                    .unwrap_or(&detail)
-                    .to_string(),
-            })),
+                    detail: format!(
+                        "{}; the Node Manager is held (not started, its legacy init script stays masked) until this is fixed",
+                        detail.strip_prefix("nodemanager: ").unwrap_or(&detail)
+                    ),
+                }));
+                None
+            }
+        };
+        // A held Node Manager still gets its unit, so that a running copy stops as usual.
+        let settings = settings.or_else(|| {
+            let mut p = builtin_defaults();
+            p.drain_delay = Some(TimeSpan::secs(0));
+            p.health_url = Some("{scheme}://127.0.0.1:{management_port}/healthcheck".into());
+            settle(&p, &vars, "nodemanager").ok()
+        });
+        if let Some(settings) = settings {
+            let mut nm = NodeManager {
+                name: nm.name.clone(),
+                management_port: nm.management_port,
+                config_file: root.real(&xml).is_file().then_some(xml),
+                settings,
+                held: None,
+            };
+            if let Some(reason) = held {
+                nm.settings.autostart = false;
+                nm.held = Some(reason);
+            }
+            inst.node_manager = Some(nm);
         }
     }
 
@@ -595,7 +626,8 @@ fn resolve(
 fn held_reason(e: &InstallError) -> String {
     match e {
         InstallError::ConfigSyntax { path, line, .. } => format!("{}:{line}", path.display()),
-        InstallError::ConfigInstance { origin, .. } => origin.to_string(),
+        InstallError::ConfigInstance { origin, .. }
+        | InstallError::ConfigNodeManager { origin, .. } => origin.to_string(),
         InstallError::Unreadable { path, .. } => format!("{} is unreadable", path.display()),
         other => other.to_string(),
     }

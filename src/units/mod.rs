@@ -261,6 +261,10 @@ pub fn render(inst: &Installation, legacy: &[LegacyUnit]) -> Vec<Entry> {
         );
         let _ = writeln!(c, "RequiresMountsFor={mounts}");
         c.push_str("\n[Service]\n");
+        if let Some(reason) = &nm.held {
+            c.push_str("# Held by a config error: not started until it is fixed (gatewayctl check-config).\n");
+            env(&mut c, crate::launch::config::HELD_VAR, reason);
+        }
         env(&mut c, "VDISTDIR", &dist);
         if let Some(p) = nm.management_port {
             env(&mut c, "GATEWAY_MANAGEMENT_PORT", &p.to_string());
