@@ -719,12 +719,27 @@ fn enable(systemd: &Systemd, inst: &Installation, chosen: &[Named], on: bool) ->
     };
     match result {
         Ok(()) => {
+            // What the choice does depends on more than the choice: say it.
+            let target_off = on
+                && systemd
+                    .unit_file_state(name::GATEWAY_TARGET)
+                    .is_ok_and(|s| s != "enabled" && s != "static");
             for i in chosen {
+                let held = inst
+                    .instances
+                    .iter()
+                    .find(|l| l.unit() == i.unit)
+                    .and_then(|l| l.held.as_deref());
+                let effect = match (on, held, target_off) {
+                    (false, _, _) => "it will not start with gateway.target (at boot)".to_string(),
+                    (true, Some(reason), _) => format!("but it is held by the config error at {reason}: it starts with gateway.target once that is fixed (`gatewayctl check-config`)"),
+                    (true, None, true) => format!("but {} itself is not enabled, so nothing starts at boot: `systemctl enable {}`", name::GATEWAY_TARGET, name::GATEWAY_TARGET),
+                    (true, None, false) => "it will start with gateway.target (at boot)".to_string(),
+                };
                 println!(
-                    "{} {}: {} start with gateway.target (at boot); recorded in {}",
+                    "{} {}: {effect}; recorded in {}",
                     if on { "enabled" } else { "disabled" },
                     i.shown(),
-                    if on { "it will" } else { "it will not" },
                     install::autostart::AUTOSTART_FILE
                 );
             }

@@ -86,7 +86,18 @@ pub fn boot_autostart_separate_mount_enable_disable_reboot() -> Result<(), Faile
     // The operator's choice wins over the config and over a `systemctl enable` link.
     c.ok(&["systemctl", "enable", SERVER1])?;
     c.ok(&["gatewayctl", "disable", "group1/server1"])?;
-    c.ok(&["gatewayctl", "enable", "group1/server2"])?;
+    // enable says what it does: with gateway.target itself disabled, nothing starts at boot.
+    c.ok(&["systemctl", "disable", "gateway.target"])?;
+    let said = c.ok(&["gatewayctl", "enable", "group1/server2"])?;
+    check(
+        said.contains("gateway.target itself is not enabled"),
+        || format!("gatewayctl enable with gateway.target disabled said: {said}"),
+    )?;
+    c.ok(&["systemctl", "enable", "gateway.target"])?;
+    let said = c.ok(&["gatewayctl", "enable", "group1/server2"])?;
+    check(said.contains("it will start with gateway.target"), || {
+        format!("gatewayctl enable said: {said}")
+    })?;
     c.ok(&["systemctl", "daemon-reload"])?;
     let list = c.ok(&["gatewayctl", "list"])?;
     let row = |name: &str| {
