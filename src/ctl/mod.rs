@@ -947,6 +947,39 @@ fn nodemanager(systemd: &Systemd, action: &str) -> i32 {
         .unwrap_or(exit::OK)
 }
 
+/// What an instance restarting with its group sees of one other instance of the group.
+struct Sibling<'a> {
+    /// Its pending systemd job (restart, start, stop), if any.
+    job: Option<&'a str>,
+    /// Still in the life it had when this restart began (active, or deactivating while its
+    /// own ExecStop= waits its turn or drains).
+    in_old_life: bool,
+    /// It runs under another launcher than first seen: it went out and came back.
+    came_back: bool,
+    /// Its launcher says it serves.
+    serving: bool,
+    /// It comes before this one in the topology.
+    goes_first: bool,
+}
+
+impl Sibling<'_> {
+    /// Whether this instance must wait before draining: the sibling is out of its balancers'
+    /// pool and coming back. Two instances never wait for each other: among those still in
+    /// their old lives only the one first in the topology goes, whatever their health.
+    fn keeps_me_waiting(&self, back_in_pool: impl FnOnce() -> bool) -> bool {
+        match self.job {
+            // Out of the pool until it serves again.
+            Some("restart") | Some("start") if !self.in_old_life || self.came_back => true,
+            // Restarting with this one: the one first in the topology goes first.
+            Some("restart") => self.goes_first,
+            // Back from its restart: out until its balancers took it again. One that is not
+            // serving (failed, unhealthy) is out of the pool whatever we wait for.
+            _ if self.came_back && self.serving => !back_in_pool(),
+            _ => false,
+        }
+    }
+}
+
 /// Now, in µs since the epoch (as systemd's timestamps).
 fn now_micros() -> u64 {
     std::time::SystemTime::now()
@@ -1046,27 +1079,25 @@ fn wait_for_turn(inst: &Installation, instance: &str, shown: &str, socket: &std:
             let came_back = status.main_pid != *first_pid;
             let serving =
                 status.active_state == "active" && status.status_text.starts_with("serving");
-            let waiting = match job {
-                // Out of the pool until it serves again.
-                Some("restart") | Some("start") if !in_old_life || came_back => true,
-                // Restarting with this one: the one first in the topology goes first.
-                Some("restart") => *index < my_index,
-                // Back from its restart: out until its balancers have taken it again. One that
-                // is not serving (failed, unhealthy) is out of the pool whatever we wait for.
-                _ if came_back && serving => {
-                    let serving_for = Duration::from_micros(
-                        now_micros().saturating_sub(status.active_enter_timestamp),
-                    );
-                    drain::back_in_pool(
-                        before.as_deref(),
-                        &pollers(),
-                        sibling.settings.lb_rise,
-                        serving_for,
-                    )
-                    .is_err()
-                }
-                _ => false,
+            let view = Sibling {
+                job,
+                in_old_life,
+                came_back,
+                serving,
+                goes_first: *index < my_index,
             };
+            let waiting = view.keeps_me_waiting(|| {
+                let serving_for = Duration::from_micros(
+                    now_micros().saturating_sub(status.active_enter_timestamp),
+                );
+                drain::back_in_pool(
+                    before.as_deref(),
+                    &pollers(),
+                    sibling.settings.lb_rise,
+                    serving_for,
+                )
+                .is_ok()
+            });
             if waiting {
                 waiting_for = Some(format!("{}/{}", sibling.group.name, sibling.name));
                 break;
@@ -1169,6 +1200,46 @@ fn drain_command(arg: &str, wait: bool) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn siblings_restarting_together_never_wait_for_each_other() {
+        // Both unhealthy (not serving), both restarting, both still in their old lives: the
+        // first in the topology goes, the second waits for it (before: each waited for the
+        // other until the 900 s turn timeout).
+        let other = |goes_first| Sibling {
+            job: Some("restart"),
+            in_old_life: true,
+            came_back: false,
+            serving: false,
+            goes_first,
+        };
+        let never = || panic!("no pool to check");
+        assert!(!other(false).keeps_me_waiting(never));
+        assert!(other(true).keeps_me_waiting(never));
+        // Once it went out (stopped, starting again) everyone waits for it.
+        let out = Sibling {
+            in_old_life: false,
+            ..other(false)
+        };
+        assert!(out.keeps_me_waiting(never));
+        // Back and serving: waiting until its balancers took it back.
+        let back = Sibling {
+            job: None,
+            in_old_life: true,
+            came_back: true,
+            serving: true,
+            goes_first: true,
+        };
+        assert!(back.keeps_me_waiting(|| false));
+        assert!(!back.keeps_me_waiting(|| true));
+        // Failed to come back: out of the pool whatever we wait for.
+        let failed = Sibling {
+            serving: false,
+            in_old_life: false,
+            ..back
+        };
+        assert!(!failed.keeps_me_waiting(never));
+    }
 
     #[test]
     fn instances_are_named_three_ways() {
