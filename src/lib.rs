@@ -1,6 +1,7 @@
 //! gateway-systemd: run an API Gateway installation (Node Manager and instances in groups)
 //! as systemd units. The binaries under `src/bin/` only parse arguments and call in here.
 
+pub mod backup;
 pub mod ctl;
 pub mod demo;
 pub mod drain;

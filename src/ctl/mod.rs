@@ -1,6 +1,7 @@
 //! `gatewayctl`: the operator's command line. It drives systemd over D-Bus (see
 //! [`crate::systemd`]) and names instances the way operators do: `group/instance`.
 
+mod backup;
 pub mod compat;
 pub mod migrate;
 
@@ -126,6 +127,50 @@ pub enum Command {
         /// start, stop or status.
         #[arg(value_parser = ["start", "stop", "status"])]
         action: String,
+    },
+    /// Write one verified archive of the installation and our state (see --help).
+    #[command(
+        long_about = "Write one archive of the installation and of gateway-systemd's state: a standard\n\
+tar (pax) compressed with zstd, paths relative to /, so that in an emergency\n\
+`tar --zstd -C / -xpf ARCHIVE` restores it without this tool.\n\n\
+It takes <install>/groups, <install>/conf (never conf/opsdb.d), system/conf/nodemanager.xml,\n\
+ext/ (with --full also platform/), this host's /etc/init.d/vshell-* scripts, /etc/gateway-systemd,\n\
+migrate-initd's backups, gateway.target's wants, our units' drop-ins and the masks of legacy\n\
+units, and [backup] extra_roots. Symbolic links are taken as links, never followed; sockets,\n\
+devices and fifos are skipped and listed. A file that changes while it is read is read again\n\
+(files up to 64 MiB) or listed as changed.\n\n\
+The archive's first member is var/lib/gateway-systemd/MANIFEST (every entry with type, mode,\n\
+owner id and name, size, mtime, sha256, link target); ARCHIVE.sha256 beside it holds the\n\
+manifest's hash. Both are written atomically, mode 0600, to [backup] dir in\n\
+/etc/gateway-systemd/gateway.toml (default /var/lib/gateway-systemd/backups) or --to DIR, named\n\
+<host>-<UTC time>.tar.zst.\n\n\
+Exit status: 0 written, 1 failed."
+    )]
+    Backup {
+        /// Take platform/ too (before a service pack or an update).
+        #[arg(long)]
+        full: bool,
+        /// Write to DIR instead of [backup] dir.
+        #[arg(long, value_name = "DIR")]
+        to: Option<std::path::PathBuf>,
+        /// Print a JSON summary (files, bytes, ratio, seconds, archive, sha256) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check an archive: every byte against its manifest, the manifest against ARCHIVE.sha256.
+    #[command(
+        long_about = "Check an archive written by `gatewayctl backup`: decompress everything, hash every file\n\
+against the manifest, check the manifest against ARCHIVE.sha256 beside it, and report every\n\
+difference by path (missing, extra, changed, wrong type, mode, owner or time).\n\n\
+Exit status: 0 intact, 65 damaged (the differences are listed), 66 cannot be read (missing\n\
+file or ARCHIVE.sha256, no permission)."
+    )]
+    Verify {
+        /// The archive (.tar.zst).
+        archive: std::path::PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Move from the legacy /etc/init.d/vshell-* scripts to units. Without options: show how
     /// each script maps to a unit (changes nothing).
@@ -322,6 +367,8 @@ pub fn main(cli: Cli) -> i32 {
         Command::Drain { .. } => Some("drain"),
         Command::CheckConfig => Some("check-config"),
         Command::MigrateInitd { .. } => Some("migrate-initd"),
+        Command::Backup { .. } => Some("backup"),
+        Command::Verify { .. } => Some("verify"),
         // The choice is recorded in a file of that host, which D-Bus cannot write.
         Command::Enable { .. } => Some("enable"),
         Command::Disable { .. } => Some("disable"),
@@ -333,6 +380,13 @@ pub fn main(cli: Cli) -> i32 {
     }
     if let Command::Drain { wait, instance } = &cli.command {
         return drain_command(instance, *wait);
+    }
+    match &cli.command {
+        Command::Backup { full, to, json } => {
+            return backup::backup_command(*full, to.clone(), *json)
+        }
+        Command::Verify { archive, json } => return backup::verify_command(archive, *json),
+        _ => {}
     }
     let (inst, _problems) = install::load(&Root::new("/"));
     if let Command::Logs {
@@ -414,7 +468,12 @@ pub fn main(cli: Cli) -> i32 {
             from.as_deref(),
         )),
         Command::MigrateInitd { .. } => Ok(migrate::apply(&systemd, &inst, &Root::new("/"))),
-        Command::List | Command::Logs { .. } | Command::Drain { .. } | Command::CheckConfig => {
+        Command::List
+        | Command::Logs { .. }
+        | Command::Drain { .. }
+        | Command::CheckConfig
+        | Command::Backup { .. }
+        | Command::Verify { .. } => {
             unreachable!("handled above")
         }
     };

@@ -174,6 +174,10 @@ pub struct Config {
     /// The `[nodemanager]` table could not be read: the Node Manager must not run on guessed
     /// settings.
     pub broken_nodemanager: Option<InstallError>,
+    /// `[backup]`, merged field by field.
+    pub backup: BackupSettings,
+    /// The `[backup]` table could not be read: backups refuse to guess where to write.
+    pub broken_backup: Option<InstallError>,
     /// Files that could not be read or parsed, or hold a bad top-level value: they may set
     /// anything, so every instance is held.
     pub broken_files: Vec<InstallError>,
@@ -257,6 +261,44 @@ struct ConfigFile {
     nodemanager: Option<toml::Spanned<toml::Value>>,
     #[serde(default)]
     instances: BTreeMap<String, toml::Spanned<toml::Value>>,
+    backup: Option<toml::Spanned<toml::Value>>,
+}
+
+/// The `[backup]` table: where `gatewayctl backup` writes and what else it takes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupSettings {
+    /// Where archives are written (default [`DEFAULT_BACKUP_DIR`]).
+    pub dir: Option<PathBuf>,
+    /// More trees to take whole, e.g. an Analytics installation (`/opt/analytics`).
+    pub extra_roots: Option<Vec<PathBuf>>,
+}
+
+/// Where archives go unless `[backup] dir` says otherwise.
+pub const DEFAULT_BACKUP_DIR: &str = "/var/lib/gateway-systemd/backups";
+
+impl BackupSettings {
+    fn overlay(&mut self, later: BackupSettings) {
+        if later.dir.is_some() {
+            self.dir = later.dir;
+        }
+        if later.extra_roots.is_some() {
+            self.extra_roots = later.extra_roots;
+        }
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let paths = self.dir.iter().chain(self.extra_roots.iter().flatten());
+        for p in paths {
+            if !p.is_absolute() || p.components().any(|c| c == std::path::Component::ParentDir) {
+                return Err(format!(
+                    "{:?} must be an absolute path without \"..\"",
+                    p.display().to_string()
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Where a settings table that does not parse went wrong: the line of the first key whose
@@ -390,6 +432,33 @@ impl Config {
                     let err = InstallError::ConfigNodeManager { origin, detail };
                     problems.push(err.clone());
                     self.broken_nodemanager = Some(err);
+                }
+            }
+        }
+        if let Some(spanned) = file.backup {
+            let origin = Origin {
+                path: path.to_path_buf(),
+                line: table_line("backup"),
+            };
+            let parsed = spanned
+                .into_inner()
+                .try_into::<BackupSettings>()
+                .map_err(|e| e.message().trim().to_string())
+                .and_then(|b| b.check().map(|_| b));
+            match parsed {
+                Ok(b) => {
+                    self.broken_backup = None;
+                    self.backup.overlay(b);
+                }
+                Err(detail) => {
+                    let err = InstallError::BadSetting {
+                        place: format!("{origin}: [backup]"),
+                        detail: format!(
+                            "{detail}; `gatewayctl backup` refuses to run until this is fixed"
+                        ),
+                    };
+                    problems.push(err.clone());
+                    self.broken_backup = Some(err);
                 }
             }
         }

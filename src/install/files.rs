@@ -20,6 +20,13 @@ impl Root {
         self.0.join(logical.strip_prefix("/").unwrap_or(logical))
     }
 
+    /// The logical path of a real one, when it lies under this root.
+    pub fn logical(&self, real: &Path) -> Option<PathBuf> {
+        real.strip_prefix(&self.0)
+            .ok()
+            .map(|rest| Path::new("/").join(rest))
+    }
+
     /// Read a file by its logical path; `Ok(None)` when it does not exist.
     pub fn read(&self, logical: &Path) -> Result<Option<String>, InstallError> {
         match read_small_file(&self.real(logical)) {

@@ -1,0 +1,96 @@
+//! Backup, verify and restore of the installation: one standard tar (pax) archive compressed
+//! with zstd, paths relative to `/` (so that `tar --zstd -C / -xpf` restores it in an emergency),
+//! a `MANIFEST` member first, and the manifest's sha256 beside the archive.
+
+pub mod manifest;
+pub mod restore;
+mod scope;
+pub mod verify;
+mod write;
+
+pub use manifest::{Entry, Kind, Manifest, MANIFEST_PATH};
+pub use scope::{scopes, Scope, ScopeKind};
+pub use write::{backup, BackupOptions, BackupSummary};
+
+use std::path::PathBuf;
+
+/// What can go wrong taking, reading or restoring an archive.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    /// A file or directory cannot be read or written.
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        /// What was attempted.
+        what: &'static str,
+        /// On which file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The config's `[backup]` table is broken.
+    #[error("{0}")]
+    Config(String),
+    /// The archive is not what its manifest and hash say.
+    #[error("{}: damaged: {detail}", archive.display())]
+    Damaged {
+        /// The archive.
+        archive: PathBuf,
+        /// What is wrong, by path.
+        detail: String,
+    },
+    /// The archive holds something restore never writes.
+    #[error("{}: refused: {detail}; nothing was changed", archive.display())]
+    Refused {
+        /// The archive.
+        archive: PathBuf,
+        /// The entry and why.
+        detail: String,
+    },
+}
+
+impl BackupError {
+    /// An I/O error constructor for `map_err`.
+    pub fn io(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| BackupError::Io { what, path, source }
+    }
+}
+
+/// The sidecar file beside an archive: the manifest's sha256, in `sha256sum` format with the
+/// manifest's path (after `tar -C / -x`, `cd / && sha256sum -c ARCHIVE.sha256` checks it).
+pub fn sidecar_of(archive: &std::path::Path) -> PathBuf {
+    let mut s = archive.as_os_str().to_owned();
+    s.push(".sha256");
+    PathBuf::from(s)
+}
+
+/// The archive file name for a host and a time: `gw1.example.com-20261123T213500Z.tar.zst`.
+pub fn archive_name(host: &str, unix: i64) -> String {
+    let t =
+        time::OffsetDateTime::from_unix_timestamp(unix).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "{}-{:04}{:02}{:02}T{:02}{:02}{:02}Z.tar.zst",
+        host.replace(['/', '\0'], "_"),
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+/// A UTC time as RFC 3339 (`2026-11-23T21:35:00Z`).
+pub fn rfc3339(unix: i64) -> String {
+    let t =
+        time::OffsetDateTime::from_unix_timestamp(unix).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}

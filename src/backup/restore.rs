@@ -1,0 +1,1 @@
+//! `gatewayctl restore` (next).

@@ -1,0 +1,408 @@
+//! Reading an archive back, trusting nothing it says that its manifest does not: the manifest
+//! comes first and must hash to what `ARCHIVE.sha256` says; every later entry must be in it,
+//! once, with the same type, mode, owner, time, size, link target and content hash. Verify
+//! reports every difference by path; restore uses the same reader and refuses on the first.
+
+use super::manifest::{self, Entry, Kind, Manifest, MANIFEST_PATH};
+use super::sidecar_of;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::fs;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+/// The largest manifest and pax header this reader accepts.
+const MANIFEST_MAX: u64 = 512 * 1024 * 1024;
+const PAX_MAX: u64 = 64 * 1024;
+
+/// Why an archive could not be verified.
+#[derive(Debug)]
+pub enum ReadError {
+    /// It (or its `.sha256`) cannot be read at all: nothing is known about its state.
+    CannotRead(String),
+    /// It is not what its manifest and hash say: each difference, by path.
+    Damaged(Vec<String>),
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::CannotRead(why) => f.write_str(why),
+            ReadError::Damaged(problems) => write!(f, "damaged: {}", problems.join("; ")),
+        }
+    }
+}
+
+/// What a verify found.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Report {
+    /// The archive.
+    pub archive: PathBuf,
+    /// Its host and creation time, from the manifest.
+    pub host: String,
+    /// When it was made (UTC).
+    pub created: String,
+    /// Entries checked.
+    pub entries: u64,
+    /// Bytes of file content hashed.
+    pub bytes: u64,
+    /// Every difference, by path; empty when intact.
+    pub problems: Vec<String>,
+}
+
+/// A reader that fails once more than `budget` bytes came through: a decompression bomb
+/// (or a header that claims more than the manifest) ends there instead of filling the disk
+/// or running for hours.
+struct Budget<R> {
+    inner: R,
+    left: std::rc::Rc<std::cell::Cell<u64>>,
+}
+
+impl<R: Read> Read for Budget<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.left.get();
+        if left == 0 {
+            return Err(io::Error::other(
+                "the archive holds more data than its manifest lists (a decompression bomb?)",
+            ));
+        }
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        self.left.set(left - n as u64);
+        Ok(n)
+    }
+}
+
+/// The manifest's hash as `ARCHIVE.sha256` states it.
+fn expected_manifest_hash(archive: &Path) -> Result<String, ReadError> {
+    let sidecar = sidecar_of(archive);
+    let text = fs::read_to_string(&sidecar).map_err(|e| {
+        ReadError::CannotRead(format!(
+            "{}: {e}; it holds the manifest's hash and travels with the archive (copy both)",
+            sidecar.display()
+        ))
+    })?;
+    let mut words = text.split_whitespace();
+    match (words.next(), words.next()) {
+        (Some(h), Some(p)) if h.len() == 64 && p == MANIFEST_PATH => Ok(h.to_ascii_lowercase()),
+        _ => Err(ReadError::Damaged(vec![format!(
+            "{}: not a manifest hash written by gatewayctl backup",
+            sidecar.display()
+        )])),
+    }
+}
+
+/// One entry as the archive states it, after its pax records.
+struct Stated {
+    path: String,
+    kind: Option<Kind>,
+    type_name: String,
+    mode: u32,
+    uid: u64,
+    gid: u64,
+    size: u64,
+    mtime: (i64, u32),
+    link: Option<String>,
+    refused_pax: Option<String>,
+}
+
+fn stated(header: &tar::Header, size: u64, pax: Option<&[u8]>) -> Stated {
+    let et = header.entry_type();
+    let mut s = Stated {
+        path: String::from_utf8_lossy(&header.path_bytes()).into_owned(),
+        kind: match et {
+            tar::EntryType::Regular => Some(Kind::File),
+            tar::EntryType::Directory => Some(Kind::Dir),
+            tar::EntryType::Symlink => Some(Kind::Symlink),
+            _ => None,
+        },
+        type_name: format!("{et:?}"),
+        mode: header.mode().unwrap_or(u32::MAX) & 0o7777,
+        uid: header.uid().unwrap_or(u64::MAX),
+        gid: header.gid().unwrap_or(u64::MAX),
+        size,
+        mtime: (header.mtime().map_or(-1, |t| t as i64), 0),
+        link: header
+            .link_name_bytes()
+            .map(|l| String::from_utf8_lossy(&l).into_owned()),
+        refused_pax: None,
+    };
+    if s.kind == Some(Kind::Dir) {
+        if let Some(p) = s.path.strip_suffix('/') {
+            s.path = p.to_string();
+        }
+    }
+    for ext in tar::PaxExtensions::new(pax.unwrap_or_default()) {
+        let Ok(ext) = ext else {
+            s.refused_pax = Some("a malformed pax record".into());
+            break;
+        };
+        let value = String::from_utf8_lossy(ext.value_bytes()).into_owned();
+        match ext.key() {
+            Ok("path") => s.path = value,
+            Ok("linkpath") => s.link = Some(value),
+            Ok("mtime") => {
+                let (secs, frac) = value.split_once('.').unwrap_or((&value, "0"));
+                let nanos = format!("{frac:0<9}");
+                s.mtime = (
+                    secs.parse().unwrap_or(-1),
+                    nanos
+                        .get(..9)
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(u32::MAX),
+                );
+            }
+            Ok("uname") | Ok("gname") => {}
+            // Anything else changes how the entry reads (size, sparse maps, ids): we never
+            // write it, so it is refused rather than interpreted.
+            Ok(other) => s.refused_pax = Some(format!("a pax {other:?} record")),
+            Err(_) => s.refused_pax = Some("a pax record with a non-UTF-8 key".into()),
+        }
+    }
+    s
+}
+
+/// How an entry differs from the manifest's, if it does.
+fn differs(s: &Stated, m: &Entry) -> Option<String> {
+    if let Some(why) = &s.refused_pax {
+        return Some(format!("carries {why}"));
+    }
+    let Some(kind) = s.kind else {
+        return Some(format!(
+            "is a {} entry, which no backup writes",
+            s.type_name
+        ));
+    };
+    let checks: [(&str, String, String); 7] = [
+        ("type", kind.word().into(), m.kind.word().into()),
+        ("mode", format!("{:o}", s.mode), format!("{:o}", m.mode)),
+        ("owner id", s.uid.to_string(), m.uid.to_string()),
+        ("group id", s.gid.to_string(), m.gid.to_string()),
+        ("size", s.size.to_string(), m.size.to_string()),
+        (
+            "mtime",
+            format!("{}.{:09}", s.mtime.0, s.mtime.1),
+            format!("{}.{:09}", m.mtime, m.mtime_nsec),
+        ),
+        (
+            "link target",
+            s.link
+                .clone()
+                .filter(|_| kind == Kind::Symlink)
+                .unwrap_or_default(),
+            m.link.clone().unwrap_or_default(),
+        ),
+    ];
+    checks
+        .iter()
+        .find(|(_, is, want)| is != want)
+        .map(|(what, is, want)| format!("{what} is {is}, the manifest says {want}"))
+}
+
+/// Read an archive from start to end, checking everything against its manifest. `sink` gets
+/// each entry the manifest lists, with its data (files only; it must read all of it, or
+/// none); it may stop the read with an error. `stop_at_first` ends at the first difference
+/// (restore); otherwise every difference is collected (verify).
+pub(crate) fn read(
+    archive: &Path,
+    stop_at_first: bool,
+    sink: &mut dyn FnMut(&Entry, &mut dyn Read) -> io::Result<()>,
+) -> Result<(Manifest, u64, Vec<String>), ReadError> {
+    let want_hash = expected_manifest_hash(archive)?;
+    let file = fs::File::open(archive)
+        .map_err(|e| ReadError::CannotRead(format!("{}: {e}", archive.display())))?;
+    let decoder = zstd::stream::read::Decoder::new(file)
+        .map_err(|e| ReadError::CannotRead(format!("{}: {e}", archive.display())))?;
+    // Until the manifest is read, only the manifest's own bound applies.
+    let left = std::rc::Rc::new(std::cell::Cell::new(MANIFEST_MAX + 4096));
+    let budget = Budget {
+        inner: io::BufReader::with_capacity(1 << 20, decoder),
+        left: left.clone(),
+    };
+    let damaged = |what: String| ReadError::Damaged(vec![what]);
+    let mut tar = tar::Archive::new(budget);
+    let mut entries = tar
+        .entries()
+        .map_err(|e| damaged(format!("not a tar stream: {e}")))?
+        .raw(true);
+
+    // 1. The manifest, first.
+    let mut first = match entries.next() {
+        Some(Ok(e)) => e,
+        Some(Err(e)) => return Err(damaged(format!("cannot read its first entry: {e}"))),
+        None => return Err(damaged("it is empty".into())),
+    };
+    if first.header().entry_type() != tar::EntryType::Regular
+        || first.header().path_bytes().as_ref() != MANIFEST_PATH.as_bytes()
+        || first.size() > MANIFEST_MAX
+    {
+        return Err(damaged(format!(
+            "its first entry is not the manifest ({MANIFEST_PATH})"
+        )));
+    }
+    let mut bytes = Vec::new();
+    first
+        .read_to_end(&mut bytes)
+        .map_err(|e| damaged(format!("cannot read the manifest: {e}")))?;
+    drop(first);
+    let got_hash = manifest::sha256_hex(&bytes);
+    if got_hash != want_hash {
+        return Err(damaged(format!(
+            "its manifest hashes to {got_hash}, but {} says {want_hash}: the archive was changed or replaced",
+            sidecar_of(archive).display()
+        )));
+    }
+    let manifest = Manifest::from_bytes(&bytes).map_err(damaged)?;
+    // From here on the archive may hold no more than the manifest lists, headers included.
+    let data: u64 = manifest
+        .entries
+        .iter()
+        .map(|e| e.size.next_multiple_of(512))
+        .sum();
+    let headers = (manifest.entries.len() as u64 + 2) * 512 * 3 + 2 * PAX_MAX;
+    left.set(data + headers);
+
+    // 2. Every other entry against it.
+    let index: HashMap<&str, usize> = manifest
+        .entries
+        .iter()
+        .enumerate()
+        .map(|(k, e)| (e.path.as_str(), k))
+        .collect();
+    let mut seen = vec![false; manifest.entries.len()];
+    let mut problems = Vec::new();
+    let mut pax: Option<Vec<u8>> = None;
+    let mut total = 0u64;
+    let give_up = |problems: &mut Vec<String>, p: String| -> bool {
+        problems.push(p);
+        stop_at_first
+    };
+    for next in entries {
+        let mut entry = match next {
+            Ok(e) => e,
+            Err(e) => {
+                problems.push(format!("the tar stream breaks off: {e}"));
+                break;
+            }
+        };
+        let et = entry.header().entry_type();
+        if et.is_pax_local_extensions() {
+            if pax.is_some() || entry.size() > PAX_MAX {
+                if give_up(
+                    &mut problems,
+                    "a pax header that is doubled or too large".into(),
+                ) {
+                    break;
+                }
+                continue;
+            }
+            let mut b = Vec::new();
+            if let Err(e) = entry.read_to_end(&mut b) {
+                problems.push(format!("the tar stream breaks off: {e}"));
+                break;
+            }
+            pax = Some(b);
+            continue;
+        }
+        let size = entry.size();
+        let s = stated(entry.header(), size, pax.take().as_deref());
+        let Some(&k) = index.get(s.path.as_str()) else {
+            if give_up(
+                &mut problems,
+                format!(
+                    "{}: in the archive but not in its manifest ({})",
+                    s.path, s.type_name
+                ),
+            ) {
+                break;
+            }
+            continue;
+        };
+        if std::mem::replace(&mut seen[k], true) {
+            if give_up(&mut problems, format!("{}: in the archive twice", s.path)) {
+                break;
+            }
+            continue;
+        }
+        let m = &manifest.entries[k];
+        if let Some(d) = differs(&s, m) {
+            if give_up(&mut problems, format!("{}: {d}", s.path)) {
+                break;
+            }
+            continue;
+        }
+        if m.kind != Kind::File {
+            if let Err(e) = sink(m, &mut io::empty()) {
+                problems.push(format!("{}: {e}", m.path));
+                break;
+            }
+            continue;
+        }
+        let mut hashing = Hashing {
+            inner: &mut entry,
+            hash: Sha256::new(),
+            read: 0,
+        };
+        let result = sink(m, &mut hashing);
+        // Whatever the sink left unread is hashed too: the content is checked either way.
+        let rest = io::copy(&mut hashing, &mut io::sink());
+        if let Err(e) = result.and(rest.map(|_| ())) {
+            problems.push(format!("{}: {e}", m.path));
+            break;
+        }
+        total += hashing.read;
+        let got = manifest::hex(&hashing.hash.finalize());
+        if Some(&got) != m.sha256.as_ref()
+            && give_up(
+                &mut problems,
+                format!("{}: its content changed (sha256 {got})", m.path),
+            )
+        {
+            break;
+        }
+    }
+    if problems.is_empty() || !stop_at_first {
+        for (k, e) in manifest.entries.iter().enumerate() {
+            if !seen[k] {
+                problems.push(format!(
+                    "{}: in the manifest but missing from the archive",
+                    e.path
+                ));
+                if stop_at_first {
+                    break;
+                }
+            }
+        }
+    }
+    Ok((manifest, total, problems))
+}
+
+/// A reader that hashes what it yields.
+struct Hashing<'a, R> {
+    inner: &'a mut R,
+    hash: Sha256,
+    read: u64,
+}
+
+impl<R: Read> Read for Hashing<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
+/// `gatewayctl verify`: the report, whose `problems` list every difference (none: intact);
+/// Err when the archive cannot be read, or is damaged before its manifest could be trusted.
+pub fn verify(archive: &Path) -> Result<Report, ReadError> {
+    let (manifest, bytes, problems) = read(archive, false, &mut |_, _| Ok(()))?;
+    Ok(Report {
+        archive: archive.to_path_buf(),
+        host: manifest.host,
+        created: manifest.created,
+        entries: manifest.entries.len() as u64,
+        bytes,
+        problems,
+    })
+}
