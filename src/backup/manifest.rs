@@ -76,6 +76,16 @@ pub struct ScopeRecord {
     pub name: String,
     /// Its path relative to `/`.
     pub path: String,
+    /// `tree` (the path and all under it), `file`, or `matching` (the entries of the directory
+    /// whose names start with one of `prefixes`, each whole).
+    pub kind: String,
+    /// For `matching`: the name prefixes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prefixes: Vec<String>,
+    /// Paths under it never taken (relative to `/`): a restore carries them over from the
+    /// tree it replaces (conf/opsdb.d).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
 }
 
 /// The whole manifest.
@@ -164,6 +174,9 @@ mod tests {
             scopes: vec![ScopeRecord {
                 name: "groups".into(),
                 path: "opt/apigateway/groups".into(),
+                kind: "tree".into(),
+                prefixes: vec![],
+                exclude: vec![],
             }],
             entries: vec![
                 Entry {

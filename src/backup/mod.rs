@@ -30,6 +30,9 @@ pub enum BackupError {
     /// The config's `[backup]` table is broken.
     #[error("{0}")]
     Config(String),
+    /// The archive (or its `.sha256`) cannot be read.
+    #[error("{0}")]
+    CannotRead(String),
     /// The archive is not what its manifest and hash say.
     #[error("{}: damaged: {detail}", archive.display())]
     Damaged {

@@ -1,1 +1,957 @@
-//! `gatewayctl restore` (next).
+//! `gatewayctl restore`: safe before anything is written, atomic where it lands.
+//!
+//! 1. The manifest (checked against `ARCHIVE.sha256`) is checked entry by entry: relative,
+//!    normal paths only, each once, inside one of its scopes, under a directory it lists (never
+//!    under a link), links that do not climb out of the target root. Anything else is refused,
+//!    naming the entry, before a byte is written.
+//! 2. Every scope is extracted into a staging directory (0700) beside it, on its filesystem,
+//!    deciding each entry ourselves (never the tar crate's `unpack`), while every entry of the
+//!    archive is checked against the manifest and every file's sha256 against it. Any
+//!    difference removes the staging directories: nothing changed.
+//! 3. An intent record lists every rename still to do, each with the inode it moves. The
+//!    gateways are stopped (drained), each scope is swapped into place with
+//!    `renameat2(RENAME_EXCHANGE)` (the previous tree lands in the staging directory: the
+//!    rollback copy), systemd reloads and starts what the restored state enables. Killed at any
+//!    point, `restore --recover` finishes the renames (a rename is done when its target holds
+//!    the recorded inode); while the intent record exists the generator starts no instance.
+
+use super::manifest::{Entry, Kind, Manifest, ScopeRecord, MANIFEST_PATH};
+use super::BackupError;
+use crate::install;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fs;
+use std::io::{self, Read, Seek, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+/// Where restore keeps its records, relative to the target root.
+pub const RESTORE_DIR: &str = "var/lib/gateway-systemd/restore";
+/// The intent record of a restore (or rollback) under way.
+pub const INTENT: &str = "var/lib/gateway-systemd/restore/intent.json";
+/// What the last restore did: what `--rollback` undoes.
+pub const LAST: &str = "var/lib/gateway-systemd/restore/last.json";
+/// The config drop-in a restore onto a standby writes: which host it stands in for.
+pub const AS_HOST_DROPIN: &str = "etc/gateway-systemd/gateway.toml.d/95-restored-host.toml";
+/// Staging directories are named `.gateway-restore.<id>`.
+const STAGING_PREFIX: &str = ".gateway-restore.";
+
+/// What the operator asked for.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    /// The target root (`/` for this host).
+    pub target: PathBuf,
+    /// Check and plan only.
+    pub dry_run: bool,
+    /// Owners by the archive's ids, never by name.
+    pub numeric_ids: bool,
+    /// The production host this one stands in for (a cold standby).
+    pub as_host: Option<String>,
+}
+
+/// What happens around the swap on a running system: stopping the gateways before, reloading
+/// systemd and starting what the restored state enables after.
+pub trait Services {
+    /// Stop (drained) every gateway unit; the units that were running.
+    fn stop_all(&self) -> Result<Vec<String>, String>;
+    /// Reload systemd (the generator reads the restored installation) and start gateway.target.
+    fn reload_and_start(&self) -> Result<(), String>;
+}
+
+/// One rename of the swap, with the inode it moves: it is done when `to` holds that inode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Step {
+    /// `exchange` (both paths exist) or `rename` (`to` does not exist).
+    pub op: String,
+    /// From (relative to the target root).
+    pub from: String,
+    /// To (relative to the target root).
+    pub to: String,
+    /// (device, inode) of what is at `from` when the step is planned.
+    pub moves: (u64, u64),
+}
+
+/// The intent record: what a restore or rollback still has to do.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Intent {
+    /// `staging` (extracting: undo removes the staging directories), `swapping` or
+    /// `rolling-back` (finish the steps).
+    pub phase: String,
+    /// The archive.
+    pub archive: String,
+    /// The staging directories (relative to the target root).
+    pub staging: Vec<String>,
+    /// The renames, in order.
+    pub steps: Vec<Step>,
+    /// The renames that undo `steps` (what `--rollback` does once the restore is done).
+    pub undo: Vec<Step>,
+}
+
+/// What a restore did, for the operator and `--json`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RestoreSummary {
+    /// The archive.
+    pub archive: PathBuf,
+    /// The host it was taken on.
+    pub host: String,
+    /// When it was taken.
+    pub created: String,
+    /// Entries written.
+    pub entries: u64,
+    /// Bytes of file content written.
+    pub bytes: u64,
+    /// Scopes swapped into place (or, with --dry-run, that would be).
+    pub replaced: Vec<String>,
+    /// Live paths the archive does not have, moved aside into the rollback copy.
+    pub moved_aside: Vec<String>,
+    /// Owner names that map to other ids here, and names unknown here.
+    pub warnings: Vec<String>,
+    /// Units stopped before the swap.
+    pub stopped: Vec<String>,
+    /// Seconds per phase: check, extract, stop, swap, start.
+    pub seconds: Vec<(String, f64)>,
+}
+
+fn refused(archive: &Path, detail: String) -> BackupError {
+    BackupError::Refused {
+        archive: archive.to_path_buf(),
+        detail,
+    }
+}
+
+/// Is `p` a relative path of normal components only (no `.`, `..`, empty or absolute parts)?
+fn is_normal(p: &str) -> bool {
+    !p.is_empty()
+        && p.len() < 4096
+        && !p.contains('\0')
+        && !p.starts_with('/')
+        && !p.ends_with('/')
+        && p.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+}
+
+/// Where a link points, resolved lexically from its own directory; None when a relative target
+/// climbs above the root. An absolute target is taken inside the root (as in a chroot).
+fn link_stays_inside(link_path: &str, target: &str) -> bool {
+    if target.is_empty() || target.contains('\0') {
+        return false;
+    }
+    if target.starts_with('/') {
+        return true;
+    }
+    let mut depth: i64 = link_path.split('/').count() as i64 - 1;
+    for c in Path::new(target).components() {
+        match c {
+            Component::ParentDir => depth -= 1,
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            _ => return false,
+        }
+        if depth < 0 {
+            return false;
+        }
+    }
+    true
+}
+
+/// One place a scope lands: the live path, and what the archive has there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Landing {
+    /// Relative to the target root.
+    live: String,
+    /// Paths under it carried over from the live tree (relative to `live`).
+    carry: Vec<String>,
+}
+
+/// Check every entry of the manifest (step 1) and work out where each scope lands. Err names
+/// the first entry refused and why.
+fn plan(m: &Manifest, target: &Path) -> Result<Vec<Landing>, String> {
+    for s in &m.scopes {
+        if !is_normal(&s.path) {
+            return Err(format!("scope {} has the path {:?}", s.name, s.path));
+        }
+    }
+    let mut seen = HashSet::new();
+    let by_path: HashMap<&str, &Entry> = m.entries.iter().map(|e| (e.path.as_str(), e)).collect();
+    let mut landings: Vec<Landing> = Vec::new();
+    let mut landed: HashSet<String> = HashSet::new();
+    let mut land = |live: String, scope: &ScopeRecord, landings: &mut Vec<Landing>| {
+        if landed.insert(live.clone()) {
+            let carry = scope
+                .exclude
+                .iter()
+                .filter_map(|x| x.strip_prefix(&format!("{live}/")).map(str::to_string))
+                .collect();
+            landings.push(Landing { live, carry });
+        }
+    };
+    for e in &m.entries {
+        if !is_normal(&e.path) {
+            return Err(format!("{:?}: not a relative path of plain names", e.path));
+        }
+        if e.path == MANIFEST_PATH {
+            return Err(format!("{}: the manifest's own place", e.path));
+        }
+        if !seen.insert(e.path.as_str()) {
+            return Err(format!("{}: listed twice", e.path));
+        }
+        // The scope it belongs to, and the path that lands with it.
+        let landing = m.scopes.iter().find_map(|s| match s.kind.as_str() {
+            "tree" | "file" if e.path == s.path => Some((s, s.path.clone())),
+            "tree" if e.path.starts_with(&format!("{}/", s.path)) => Some((s, s.path.clone())),
+            "matching" => {
+                let rest = e.path.strip_prefix(&format!("{}/", s.path))?;
+                let first = rest.split('/').next()?;
+                s.prefixes
+                    .iter()
+                    .any(|p| first.starts_with(p.as_str()))
+                    .then(|| (s, format!("{}/{first}", s.path)))
+            }
+            _ => None,
+        });
+        let Some((scope, live)) = landing else {
+            return Err(format!("{}: outside every scope of the archive", e.path));
+        };
+        if scope
+            .exclude
+            .iter()
+            .any(|x| e.path == *x || e.path.starts_with(&format!("{x}/")))
+        {
+            return Err(format!(
+                "{}: inside {}, which a backup never takes",
+                e.path, scope.name
+            ));
+        }
+        // Below its landing point, only under directories the archive lists: never through
+        // a link, never into a place it does not describe.
+        if e.path != live {
+            let parent = e.path.rsplit_once('/').map_or("", |(p, _)| p);
+            match by_path.get(parent) {
+                Some(p) if p.kind == Kind::Dir => {}
+                Some(p) => {
+                    return Err(format!(
+                        "{}: below {}, which is a {} in the archive",
+                        e.path,
+                        parent,
+                        p.kind.word()
+                    ))
+                }
+                None => {
+                    return Err(format!(
+                        "{}: its directory {parent} is not in the archive",
+                        e.path
+                    ))
+                }
+            }
+        }
+        match e.kind {
+            Kind::File if e.sha256.as_ref().is_none_or(|h| h.len() != 64) => {
+                return Err(format!("{}: a file without a sha256", e.path))
+            }
+            Kind::Symlink => {
+                let t = e.link.as_deref().unwrap_or("");
+                if !link_stays_inside(&e.path, t) {
+                    return Err(format!(
+                        "{}: a link to {t:?}, outside the target root",
+                        e.path
+                    ));
+                }
+            }
+            _ => {}
+        }
+        land(live, scope, &mut landings);
+    }
+    // What the archive does not have but the scope covers: live entries moved aside.
+    for s in &m.scopes {
+        match s.kind.as_str() {
+            "tree" | "file" => land(s.path.clone(), s, &mut landings),
+            "matching" => {
+                let dir = target.join(&s.path);
+                let mut names: Vec<String> = fs::read_dir(&dir)
+                    .map(|rd| {
+                        rd.filter_map(Result::ok)
+                            .filter_map(|e| e.file_name().into_string().ok())
+                            .filter(|n| s.prefixes.iter().any(|p| n.starts_with(p.as_str())))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                names.sort();
+                for n in names {
+                    land(format!("{}/{n}", s.path), s, &mut landings);
+                }
+            }
+            other => return Err(format!("scope {} is of an unknown kind {other:?}", s.name)),
+        }
+    }
+    // A landing inside another would be swapped twice.
+    for a in &landings {
+        if landings
+            .iter()
+            .any(|b| b.live != a.live && a.live.starts_with(&format!("{}/", b.live)))
+        {
+            return Err(format!("scope {} lies inside another scope", a.live));
+        }
+    }
+    Ok(landings)
+}
+
+/// Owner ids on the target for the archive's names: `/etc/passwd` and `/etc/group` of the
+/// target root (and the name service when the target is this host).
+struct Owners {
+    users: HashMap<String, u32>,
+    groups: HashMap<String, u32>,
+    this_host: bool,
+    numeric: bool,
+    warned: BTreeSet<String>,
+}
+
+fn read_ids(path: &Path) -> HashMap<String, u32> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            let name = f.next()?;
+            let id = f.nth(1)?.parse().ok()?;
+            Some((name.to_string(), id))
+        })
+        .collect()
+}
+
+impl Owners {
+    fn new(target: &Path, numeric: bool) -> Self {
+        Owners {
+            users: read_ids(&target.join("etc/passwd")),
+            groups: read_ids(&target.join("etc/group")),
+            this_host: target == Path::new("/"),
+            numeric,
+            warned: BTreeSet::new(),
+        }
+    }
+
+    fn resolve(&mut self, e: &Entry) -> (u32, u32) {
+        if self.numeric {
+            return (e.uid, e.gid);
+        }
+        let uid = match &e.user {
+            Some(name) => {
+                let local = self.users.get(name).copied().or_else(|| {
+                    self.this_host
+                        .then(|| nix::unistd::User::from_name(name).ok().flatten())
+                        .flatten()
+                        .map(|u| u.uid.as_raw())
+                });
+                match local {
+                    Some(id) if id != e.uid => {
+                        self.warned.insert(format!(
+                            "user {name} is {id} here and was {} on the archived host: files get {id}",
+                            e.uid
+                        ));
+                        id
+                    }
+                    Some(id) => id,
+                    None => {
+                        self.warned.insert(format!(
+                            "user {name} does not exist here: its files keep id {}",
+                            e.uid
+                        ));
+                        e.uid
+                    }
+                }
+            }
+            None => e.uid,
+        };
+        let gid = match &e.group {
+            Some(name) => {
+                let local = self.groups.get(name).copied().or_else(|| {
+                    self.this_host
+                        .then(|| nix::unistd::Group::from_name(name).ok().flatten())
+                        .flatten()
+                        .map(|g| g.gid.as_raw())
+                });
+                match local {
+                    Some(id) if id != e.gid => {
+                        self.warned.insert(format!(
+                            "group {name} is {id} here and was {} on the archived host: files get {id}",
+                            e.gid
+                        ));
+                        id
+                    }
+                    Some(id) => id,
+                    None => {
+                        self.warned.insert(format!(
+                            "group {name} does not exist here: its files keep id {}",
+                            e.gid
+                        ));
+                        e.gid
+                    }
+                }
+            }
+            None => e.gid,
+        };
+        (uid, gid)
+    }
+}
+
+fn ino_of(p: &Path) -> Option<(u64, u64)> {
+    fs::symlink_metadata(p).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Do one step unless it is done already.
+fn perform(target: &Path, step: &Step) -> io::Result<()> {
+    let (from, to) = (target.join(&step.from), target.join(&step.to));
+    if ino_of(&to) == Some(step.moves) {
+        return Ok(());
+    }
+    let flags = match step.op.as_str() {
+        "exchange" => nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+        _ => nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+    };
+    nix::fcntl::renameat2(
+        nix::fcntl::AT_FDCWD,
+        &from,
+        nix::fcntl::AT_FDCWD,
+        &to,
+        flags,
+    )
+    .map_err(|e| {
+        io::Error::other(format!(
+            "rename {} to {}: {e}",
+            from.display(),
+            to.display()
+        ))
+    })?;
+    for d in [from.parent(), to.parent()].into_iter().flatten() {
+        fs::File::open(d)?.sync_all()?;
+    }
+    Ok(())
+}
+
+fn write_json<T: Serialize>(target: &Path, rel: &str, value: &T) -> Result<(), BackupError> {
+    let path = target.join(rel);
+    if let Some(dir) = path.parent() {
+        use std::os::unix::fs::DirBuilderExt;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(BackupError::io("cannot create", dir))?;
+    }
+    let text = serde_json::to_string_pretty(value).unwrap_or_default() + "\n";
+    install::write_atomic(&path, text.as_bytes(), 0o600)
+        .map_err(BackupError::io("cannot write", &path))
+}
+
+/// Read the intent record of an unfinished restore, if any.
+pub fn pending(target: &Path) -> Option<Intent> {
+    fs::read(target.join(INTENT))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+}
+
+/// Write the metadata of an extracted entry: owner, then mode (chown clears set-id bits),
+/// then times; set-id bits only for the owner the archive names.
+fn set_meta(path: &Path, e: &Entry, owner: (u32, u32), kept_owner: bool) -> io::Result<()> {
+    use nix::sys::stat::{utimensat, UtimensatFlags};
+    use nix::sys::time::TimeSpec;
+    std::os::unix::fs::lchown(path, Some(owner.0), Some(owner.1))?;
+    if e.kind != Kind::Symlink {
+        let mode = match kept_owner {
+            true => e.mode,
+            false => e.mode & 0o1777,
+        };
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
+    }
+    let t = TimeSpec::new(e.mtime, i64::from(e.mtime_nsec));
+    utimensat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        &t,
+        &t,
+        UtimensatFlags::NoFollowSymlink,
+    )
+    .map_err(io::Error::from)
+}
+
+/// Write a file's data, keeping runs of zeros as holes (a sparse file stays sparse).
+fn write_sparse(file: &mut fs::File, data: &mut dyn Read, size: u64) -> io::Result<()> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    loop {
+        let n = data.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        for chunk in buf[..n].chunks(64 * 1024) {
+            if chunk.iter().all(|b| *b == 0) {
+                file.seek(io::SeekFrom::Current(chunk.len() as i64))?;
+            } else {
+                file.write_all(chunk)?;
+            }
+        }
+        at += n as u64;
+    }
+    if at != size {
+        return Err(io::Error::other(format!("{at} bytes instead of {size}")));
+    }
+    file.set_len(size)
+}
+
+/// A unique id for this restore's staging directories.
+fn restore_id() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("{}-{}", now.as_secs(), std::process::id())
+}
+
+/// Remove staging directories (an aborted restore's).
+fn remove_staging(target: &Path, staging: &[String]) {
+    for s in staging {
+        let _ = fs::remove_dir_all(target.join(s));
+    }
+}
+
+/// `gatewayctl restore ARCHIVE`.
+pub fn restore(
+    archive: &Path,
+    opts: &RestoreOptions,
+    services: Option<&dyn Services>,
+) -> Result<RestoreSummary, BackupError> {
+    let target = &opts.target;
+    let clock = std::time::Instant::now();
+    let mut seconds = Vec::new();
+    let lap = |name: &str, seconds: &mut Vec<(String, f64)>, since: &mut std::time::Instant| {
+        seconds.push((name.to_string(), since.elapsed().as_secs_f64()));
+        *since = std::time::Instant::now();
+    };
+    let mut since = clock;
+    if let Some(i) = pending(target) {
+        return Err(BackupError::Config(format!(
+            "a restore of {} is unfinished ({}): run `gatewayctl restore --recover` first",
+            i.archive,
+            target.join(INTENT).display()
+        )));
+    }
+    // 1. The manifest, checked before anything else.
+    let manifest = super::verify::read_manifest_only(archive)?;
+    let landings = plan(&manifest, target).map_err(|d| refused(archive, d))?;
+    if let Some(host) = &opts.as_host {
+        if host.is_empty()
+            || host.contains(|c: char| c.is_control() || c.is_whitespace() || c == '"')
+        {
+            return Err(BackupError::Config(format!(
+                "--as-host {host:?} is not a host name"
+            )));
+        }
+    }
+    lap("check", &mut seconds, &mut since);
+    let mut summary = RestoreSummary {
+        archive: archive.to_path_buf(),
+        host: manifest.host.clone(),
+        created: manifest.created.clone(),
+        ..Default::default()
+    };
+    let archived: HashSet<&str> = manifest.entries.iter().map(|e| e.path.as_str()).collect();
+    // A landing point with nothing on either side needs nothing, not even its directories.
+    let landings: Vec<Landing> = landings
+        .into_iter()
+        .filter(|l| {
+            archived.contains(l.live.as_str()) || fs::symlink_metadata(target.join(&l.live)).is_ok()
+        })
+        .collect();
+    for l in &landings {
+        let exists = fs::symlink_metadata(target.join(&l.live)).is_ok();
+        match (archived.contains(l.live.as_str()), exists) {
+            (true, _) => summary.replaced.push(l.live.clone()),
+            (false, true) => summary.moved_aside.push(l.live.clone()),
+            (false, false) => {}
+        }
+    }
+    if opts.dry_run {
+        // Every byte checked, nothing written.
+        let (_, bytes, problems) =
+            super::verify::read(archive, true, &mut |_, _| Ok(())).map_err(|e| match e {
+                super::verify::ReadError::CannotRead(why) => BackupError::CannotRead(why),
+                e => refused(archive, e.to_string()),
+            })?;
+        if let Some(p) = problems.first() {
+            return Err(refused(archive, p.clone()));
+        }
+        summary.entries = manifest.entries.len() as u64;
+        summary.bytes = bytes;
+        lap("verify", &mut seconds, &mut since);
+        summary.seconds = seconds;
+        return Ok(summary);
+    }
+
+    // 2. Extract into staging directories beside each landing point.
+    let id = restore_id();
+    let staged_of = |live: &str| -> String {
+        let (parent, name) = live.rsplit_once('/').unwrap_or(("", live));
+        match parent {
+            "" => format!("{STAGING_PREFIX}{id}/{name}"),
+            p => format!("{p}/{STAGING_PREFIX}{id}/{name}"),
+        }
+    };
+    let mut staging: Vec<String> = landings
+        .iter()
+        .map(|l| {
+            let s = staged_of(&l.live);
+            s.rsplit_once('/').map_or(s.clone(), |(d, _)| d.to_string())
+        })
+        .collect();
+    staging.sort();
+    staging.dedup();
+    let mut intent = Intent {
+        phase: "staging".into(),
+        archive: archive.display().to_string(),
+        staging: staging.clone(),
+        steps: Vec::new(),
+        undo: Vec::new(),
+    };
+    write_json(target, INTENT, &intent)?;
+    let abort = |e: BackupError| -> BackupError {
+        remove_staging(target, &staging);
+        let _ = fs::remove_file(target.join(INTENT));
+        e
+    };
+    for s in &staging {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = target.join(s);
+        // The parents of a landing point the target lacks (a fresh standby) are made as root's
+        // 0755 directories; the staging directory itself is private.
+        if let Some(parent) = dir.parent() {
+            fs::create_dir_all(parent)
+                .map_err(BackupError::io("cannot create", parent))
+                .map_err(abort)?;
+        }
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(BackupError::io("cannot create", &dir))
+            .map_err(abort)?;
+    }
+    let landing_of = |path: &str| -> Option<&Landing> {
+        landings
+            .iter()
+            .find(|l| path == l.live || path.starts_with(&format!("{}/", l.live)))
+    };
+    let mut owners = Owners::new(target, opts.numeric_ids);
+    let mut dirs: Vec<(PathBuf, Entry, (u32, u32), bool)> = Vec::new();
+    let mut written = 0u64;
+    let read = super::verify::read(archive, true, &mut |e: &Entry, data: &mut dyn Read| {
+        let l = landing_of(&e.path).ok_or_else(|| io::Error::other("outside every scope"))?;
+        let rest = &e.path[l.live.len()..];
+        let staged = target.join(format!("{}{rest}", staged_of(&l.live)));
+        let owner = owners.resolve(e);
+        let kept = owner == (e.uid, e.gid);
+        match e.kind {
+            Kind::Dir => {
+                use std::os::unix::fs::DirBuilderExt;
+                fs::DirBuilder::new().mode(0o700).create(&staged)?;
+                dirs.push((staged, e.clone(), owner, kept));
+            }
+            Kind::Symlink => {
+                std::os::unix::fs::symlink(e.link.as_deref().unwrap_or_default(), &staged)?;
+                set_meta(&staged, e, owner, kept)?;
+            }
+            Kind::File => {
+                let mut f = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&staged)?;
+                write_sparse(&mut f, data, e.size)?;
+                f.sync_all()?;
+                drop(f);
+                set_meta(&staged, e, owner, kept)?;
+                written += e.size;
+            }
+        }
+        Ok(())
+    });
+    let problems = match read {
+        Ok((_, _, problems)) => problems,
+        Err(e) => vec![e.to_string()],
+    };
+    if let Some(p) = problems.first() {
+        return Err(abort(refused(archive, p.clone())));
+    }
+    // Directories last, deepest first: creating their entries changed their times.
+    dirs.sort_by(|a, b| b.0.cmp(&a.0));
+    for (path, e, owner, kept) in &dirs {
+        set_meta(path, e, *owner, *kept)
+            .map_err(BackupError::io(
+                "cannot set the owner, mode and times of",
+                path,
+            ))
+            .map_err(abort)?;
+    }
+    // The host it stands in for travels with the restored config.
+    if let Some(host) = &opts.as_host {
+        let config_live = "etc/gateway-systemd";
+        if landings.iter().any(|l| l.live == config_live) {
+            let dropin = target.join(staged_of(config_live)).join("gateway.toml.d");
+            let staged_config = target.join(staged_of(config_live));
+            if !staged_config.exists() {
+                fs::create_dir(&staged_config)
+                    .map_err(BackupError::io("cannot create", &staged_config))
+                    .map_err(abort)?;
+                fs::set_permissions(&staged_config, fs::Permissions::from_mode(0o755))
+                    .map_err(BackupError::io("cannot chmod", &staged_config))
+                    .map_err(abort)?;
+            }
+            fs::create_dir_all(&dropin)
+                .map_err(BackupError::io("cannot create", &dropin))
+                .map_err(abort)?;
+            let path = dropin.join("95-restored-host.toml");
+            let text = format!(
+                "# Written by `gatewayctl restore --as-host`: this host stands in for {host}\n\
+                 # (restored from {}). Remove it once this host runs under its own name.\n\
+                 host = {}\n",
+                archive.display(),
+                install::config::toml_string(host)
+            );
+            install::write_atomic(&path, text.as_bytes(), 0o644)
+                .map_err(BackupError::io("cannot write", &path))
+                .map_err(abort)?;
+        }
+    }
+    summary.entries = manifest.entries.len() as u64;
+    summary.bytes = written;
+    summary.warnings = owners.warned.into_iter().collect();
+    lap("extract", &mut seconds, &mut since);
+
+    // 3. The renames, recorded before the first one.
+    let mut steps = Vec::new();
+    let mut undo = Vec::new();
+    for l in &landings {
+        let live = target.join(&l.live);
+        let staged_rel = staged_of(&l.live);
+        let staged = target.join(&staged_rel);
+        let (live_ino, staged_ino) = (ino_of(&live), ino_of(&staged));
+        let mut carries = Vec::new();
+        if let (Some(_), Some(_)) = (live_ino, staged_ino) {
+            for c in &l.carry {
+                if let Some(ino) = ino_of(&live.join(c)) {
+                    carries.push(Step {
+                        op: "rename".into(),
+                        from: format!("{}/{c}", l.live),
+                        to: format!("{staged_rel}/{c}"),
+                        moves: ino,
+                    });
+                }
+            }
+        }
+        match (live_ino, staged_ino) {
+            (Some(li), Some(si)) => {
+                steps.extend(carries.iter().cloned());
+                steps.push(Step {
+                    op: "exchange".into(),
+                    from: staged_rel.clone(),
+                    to: l.live.clone(),
+                    moves: si,
+                });
+                // Undo: carry back into what will be the rollback copy, then exchange back.
+                let mut u = carries.clone();
+                u.push(Step {
+                    op: "exchange".into(),
+                    from: staged_rel.clone(),
+                    to: l.live.clone(),
+                    moves: li,
+                });
+                undo.push(u);
+            }
+            (None, Some(si)) => {
+                steps.push(Step {
+                    op: "rename".into(),
+                    from: staged_rel.clone(),
+                    to: l.live.clone(),
+                    moves: si,
+                });
+                undo.push(vec![Step {
+                    op: "rename".into(),
+                    from: l.live.clone(),
+                    to: staged_rel.clone(),
+                    moves: si,
+                }]);
+            }
+            (Some(li), None) => {
+                steps.push(Step {
+                    op: "rename".into(),
+                    from: l.live.clone(),
+                    to: staged_rel.clone(),
+                    moves: li,
+                });
+                undo.push(vec![Step {
+                    op: "rename".into(),
+                    from: staged_rel.clone(),
+                    to: l.live.clone(),
+                    moves: li,
+                }]);
+            }
+            (None, None) => {}
+        }
+    }
+    undo.reverse();
+    intent.phase = "swapping".into();
+    intent.steps = steps;
+    intent.undo = undo.into_iter().flatten().collect();
+    write_json(target, INTENT, &intent).map_err(abort)?;
+
+    if let Some(s) = services {
+        summary.stopped = s.stop_all().map_err(|e| {
+            let _ = fs::remove_file(target.join(INTENT));
+            remove_staging(target, &staging);
+            BackupError::Config(format!(
+                "cannot stop the gateways: {e}; nothing was changed"
+            ))
+        })?;
+    }
+    lap("stop", &mut seconds, &mut since);
+    finish(target, &intent, &manifest.to_bytes())?;
+    lap("swap", &mut seconds, &mut since);
+    if let Some(s) = services {
+        s.reload_and_start()
+            .map_err(|e| BackupError::Config(format!("restored, but {e}")))?;
+    }
+    lap("start", &mut seconds, &mut since);
+    summary.seconds = seconds;
+    Ok(summary)
+}
+
+/// Do the steps of an intent record (each unless done), then record what `--rollback` undoes
+/// and drop the intent.
+fn finish(target: &Path, intent: &Intent, manifest: &[u8]) -> Result<(), BackupError> {
+    for step in &intent.steps {
+        perform(target, step).map_err(BackupError::io(
+            "cannot swap into place",
+            target.join(&step.to),
+        ))?;
+    }
+    if intent.phase == "swapping" {
+        let last = Intent {
+            phase: "done".into(),
+            ..intent.clone()
+        };
+        write_json(target, LAST, &last)?;
+        let record = target.join(MANIFEST_PATH);
+        install::write_atomic(&record, manifest, 0o600)
+            .map_err(BackupError::io("cannot write", &record))?;
+    } else {
+        let _ = fs::remove_file(target.join(LAST));
+    }
+    // Staging directories left empty hold no rollback copy.
+    for s in &intent.staging {
+        let _ = fs::remove_dir(target.join(s));
+    }
+    let intent_path = target.join(INTENT);
+    fs::remove_file(&intent_path).map_err(BackupError::io("cannot remove", &intent_path))?;
+    fs::File::open(target.join(RESTORE_DIR))
+        .and_then(|d| d.sync_all())
+        .map_err(BackupError::io("cannot sync", target.join(RESTORE_DIR)))
+}
+
+/// `gatewayctl restore --recover`: finish an interrupted restore or rollback (its renames are
+/// all planned and their trees complete), or, interrupted while extracting, remove what it
+/// staged. Ok(what was done), or Ok(None) when nothing was pending.
+pub fn recover(
+    target: &Path,
+    services: Option<&dyn Services>,
+) -> Result<Option<String>, BackupError> {
+    let Some(intent) = pending(target) else {
+        return Ok(None);
+    };
+    let done = match intent.phase.as_str() {
+        "staging" => {
+            remove_staging(target, &intent.staging);
+            let p = target.join(INTENT);
+            fs::remove_file(&p).map_err(BackupError::io("cannot remove", &p))?;
+            format!(
+                "the restore of {} was interrupted while extracting: its staging directories were removed; nothing had changed",
+                intent.archive
+            )
+        }
+        "swapping" => {
+            let manifest = fs::read(target.join(MANIFEST_PATH)).unwrap_or_default();
+            let manifest = match super::verify::read_manifest_only(Path::new(&intent.archive)) {
+                Ok(m) => m.to_bytes(),
+                Err(_) => manifest,
+            };
+            finish(target, &intent, &manifest)?;
+            format!("the restore of {} was finished", intent.archive)
+        }
+        _ => {
+            finish(target, &intent, &[])?;
+            format!(
+                "the rollback of the restore of {} was finished",
+                intent.archive
+            )
+        }
+    };
+    if let Some(s) = services {
+        s.reload_and_start().map_err(BackupError::Config)?;
+    }
+    Ok(Some(done))
+}
+
+/// `gatewayctl restore --rollback`: put back what the last restore replaced (its rollback
+/// copies), the same way: renames recorded first, each checked by inode.
+pub fn rollback(target: &Path, services: Option<&dyn Services>) -> Result<String, BackupError> {
+    if let Some(i) = pending(target) {
+        return Err(BackupError::Config(format!(
+            "a restore of {} is unfinished: run `gatewayctl restore --recover` first",
+            i.archive
+        )));
+    }
+    let last: Intent = fs::read(target.join(LAST))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(|| {
+            BackupError::Config(format!(
+                "no restore to roll back ({} is missing)",
+                target.join(LAST).display()
+            ))
+        })?;
+    let intent = Intent {
+        phase: "rolling-back".into(),
+        steps: last.undo.clone(),
+        undo: Vec::new(),
+        ..last.clone()
+    };
+    write_json(target, INTENT, &intent)?;
+    if let Some(s) = services {
+        s.stop_all().map_err(BackupError::Config)?;
+    }
+    finish(target, &intent, &[])?;
+    if let Some(s) = services {
+        s.reload_and_start().map_err(BackupError::Config)?;
+    }
+    Ok(format!(
+        "rolled back the restore of {}: the previous trees are in place again",
+        last.archive
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_must_be_plain_and_links_stay_inside() {
+        assert!(is_normal("opt/apigateway/groups"));
+        for bad in ["", "/etc", "a/../b", "a/./b", "a//b", "a/", ".."] {
+            assert!(!is_normal(bad), "{bad:?}");
+        }
+        assert!(link_stays_inside("opt/a/b", "../c"));
+        assert!(link_stays_inside("opt/a/b", "../../x"));
+        assert!(!link_stays_inside("opt/a/b", "../../../x"));
+        assert!(link_stays_inside(
+            "etc/systemd/system/vshell-x.service",
+            "/dev/null"
+        ));
+        assert!(!link_stays_inside("a", "../b"));
+        assert!(!link_stays_inside("a", ""));
+    }
+}

@@ -199,34 +199,13 @@ fn differs(s: &Stated, m: &Entry) -> Option<String> {
         .map(|(what, is, want)| format!("{what} is {is}, the manifest says {want}"))
 }
 
-/// Read an archive from start to end, checking everything against its manifest. `sink` gets
-/// each entry the manifest lists, with its data (files only; it must read all of it, or
-/// none); it may stop the read with an error. `stop_at_first` ends at the first difference
-/// (restore); otherwise every difference is collected (verify).
-pub(crate) fn read(
+/// Read the manifest member (the first) and check it against `ARCHIVE.sha256`.
+fn take_manifest<R: Read>(
+    entries: &mut tar::Entries<'_, R>,
     archive: &Path,
-    stop_at_first: bool,
-    sink: &mut dyn FnMut(&Entry, &mut dyn Read) -> io::Result<()>,
-) -> Result<(Manifest, u64, Vec<String>), ReadError> {
-    let want_hash = expected_manifest_hash(archive)?;
-    let file = fs::File::open(archive)
-        .map_err(|e| ReadError::CannotRead(format!("{}: {e}", archive.display())))?;
-    let decoder = zstd::stream::read::Decoder::new(file)
-        .map_err(|e| ReadError::CannotRead(format!("{}: {e}", archive.display())))?;
-    // Until the manifest is read, only the manifest's own bound applies.
-    let left = std::rc::Rc::new(std::cell::Cell::new(MANIFEST_MAX + 4096));
-    let budget = Budget {
-        inner: io::BufReader::with_capacity(1 << 20, decoder),
-        left: left.clone(),
-    };
+    want_hash: &str,
+) -> Result<Manifest, ReadError> {
     let damaged = |what: String| ReadError::Damaged(vec![what]);
-    let mut tar = tar::Archive::new(budget);
-    let mut entries = tar
-        .entries()
-        .map_err(|e| damaged(format!("not a tar stream: {e}")))?
-        .raw(true);
-
-    // 1. The manifest, first.
     let mut first = match entries.next() {
         Some(Ok(e)) => e,
         Some(Err(e)) => return Err(damaged(format!("cannot read its first entry: {e}"))),
@@ -244,7 +223,6 @@ pub(crate) fn read(
     first
         .read_to_end(&mut bytes)
         .map_err(|e| damaged(format!("cannot read the manifest: {e}")))?;
-    drop(first);
     let got_hash = manifest::sha256_hex(&bytes);
     if got_hash != want_hash {
         return Err(damaged(format!(
@@ -252,7 +230,73 @@ pub(crate) fn read(
             sidecar_of(archive).display()
         )));
     }
-    let manifest = Manifest::from_bytes(&bytes).map_err(damaged)?;
+    Manifest::from_bytes(&bytes).map_err(damaged)
+}
+
+/// Open an archive for reading: its manifest's expected hash, and a tar reader over the
+/// decompressed stream whose budget starts at the manifest's bound.
+#[allow(clippy::type_complexity)]
+fn open(
+    archive: &Path,
+) -> Result<
+    (
+        String,
+        tar::Archive<Stream>,
+        std::rc::Rc<std::cell::Cell<u64>>,
+    ),
+    ReadError,
+> {
+    let want_hash = expected_manifest_hash(archive)?;
+    let file = fs::File::open(archive)
+        .map_err(|e| ReadError::CannotRead(format!("{}: {e}", archive.display())))?;
+    let decoder = zstd::stream::read::Decoder::new(file)
+        .map_err(|e| ReadError::CannotRead(format!("{}: {e}", archive.display())))?;
+    let left = std::rc::Rc::new(std::cell::Cell::new(MANIFEST_MAX + 4096));
+    let budget = Budget {
+        inner: io::BufReader::with_capacity(1 << 20, decoder),
+        left: left.clone(),
+    };
+    Ok((want_hash, tar::Archive::new(budget), left))
+}
+
+/// The manifest of an archive, checked against `ARCHIVE.sha256` (the rest is not read).
+pub fn read_manifest_only(archive: &Path) -> Result<Manifest, super::BackupError> {
+    let to_err = |e: ReadError| match e {
+        ReadError::CannotRead(why) => super::BackupError::CannotRead(why),
+        ReadError::Damaged(problems) => super::BackupError::Damaged {
+            archive: archive.to_path_buf(),
+            detail: problems.join("; "),
+        },
+    };
+    let (want_hash, mut tar, _) = open(archive).map_err(to_err)?;
+    let mut entries = tar
+        .entries()
+        .map_err(|e| to_err(ReadError::Damaged(vec![format!("not a tar stream: {e}")])))?
+        .raw(true);
+    take_manifest(&mut entries, archive, &want_hash).map_err(to_err)
+}
+
+/// The decompressed stream of an archive.
+type Stream = Budget<io::BufReader<zstd::stream::read::Decoder<'static, io::BufReader<fs::File>>>>;
+
+/// Read an archive from start to end, checking everything against its manifest. `sink` gets
+/// each entry the manifest lists, with its data (files only; what it leaves unread is read
+/// and hashed after it); it may stop the read with an error. `stop_at_first` ends at the first
+/// difference (restore); otherwise every difference is collected (verify).
+pub(crate) fn read(
+    archive: &Path,
+    stop_at_first: bool,
+    sink: &mut dyn FnMut(&Entry, &mut dyn Read) -> io::Result<()>,
+) -> Result<(Manifest, u64, Vec<String>), ReadError> {
+    let (want_hash, mut tar, left) = open(archive)?;
+    let damaged = |what: String| ReadError::Damaged(vec![what]);
+    let mut entries = tar
+        .entries()
+        .map_err(|e| damaged(format!("not a tar stream: {e}")))?
+        .raw(true);
+
+    // 1. The manifest, first.
+    let manifest = take_manifest(&mut entries, archive, &want_hash)?;
     // From here on the archive may hold no more than the manifest lists, headers included.
     let data: u64 = manifest
         .entries

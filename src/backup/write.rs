@@ -509,14 +509,23 @@ pub fn backup(
             .to_string(),
         scopes: scopes
             .iter()
-            .map(|s| ScopeRecord {
-                name: s.name.to_string(),
-                path: s
-                    .path
-                    .strip_prefix("/")
-                    .unwrap_or(&s.path)
-                    .display()
+            .map(|s| {
+                let rel = |p: &Path| p.strip_prefix("/").unwrap_or(p).display().to_string();
+                ScopeRecord {
+                    name: s.name.to_string(),
+                    path: rel(&s.path),
+                    kind: match &s.kind {
+                        ScopeKind::Tree => "tree",
+                        ScopeKind::File => "file",
+                        ScopeKind::Matching(_) => "matching",
+                    }
                     .to_string(),
+                    prefixes: match &s.kind {
+                        ScopeKind::Matching(p) => p.iter().map(|p| p.to_string()).collect(),
+                        _ => Vec::new(),
+                    },
+                    exclude: s.exclude.iter().map(|p| rel(p)).collect(),
+                }
             })
             .collect(),
         entries,

@@ -129,3 +129,179 @@ pub fn verify_command(archive: &Path, json: bool) -> i32 {
         }
     }
 }
+
+/// What `gatewayctl restore` was asked.
+pub struct RestoreArgs {
+    /// The archive (not with --recover / --rollback).
+    pub archive: Option<PathBuf>,
+    /// The target root (default /).
+    pub target: Option<PathBuf>,
+    /// Check only.
+    pub dry_run: bool,
+    /// Owners by id.
+    pub numeric_ids: bool,
+    /// The host this one stands in for.
+    pub as_host: Option<String>,
+    /// Finish an interrupted restore.
+    pub recover: bool,
+    /// Undo the last restore.
+    pub rollback: bool,
+    /// JSON output.
+    pub json: bool,
+}
+
+/// The gateways of the running system, stopped and started around a restore's swap.
+struct LiveServices(crate::systemd::Systemd);
+
+impl backup::restore::Services for LiveServices {
+    fn stop_all(&self) -> Result<Vec<String>, String> {
+        let units = self.0.gateway_units().map_err(|e| e.to_string())?;
+        let mut stopped = Vec::new();
+        for u in units {
+            let running = self.0.status(&u).is_ok_and(|s| {
+                matches!(
+                    s.active_state.as_str(),
+                    "active" | "activating" | "reloading"
+                )
+            });
+            if running {
+                super::run_job_reported(&self.0, crate::systemd::Verb::Stop, &u)
+                    .map_err(|_| format!("{u} did not stop"))?;
+                stopped.push(u);
+            }
+        }
+        Ok(stopped)
+    }
+
+    fn reload_and_start(&self) -> Result<(), String> {
+        self.0.reload().map_err(|e| e.to_string())?;
+        super::run_job_reported(
+            &self.0,
+            crate::systemd::Verb::Start,
+            crate::units::name::GATEWAY_TARGET,
+        )
+        .map_err(|_| format!("{} did not start", crate::units::name::GATEWAY_TARGET))
+    }
+}
+
+/// `gatewayctl restore`.
+pub fn restore_command(args: RestoreArgs) -> i32 {
+    let target = args.target.clone().unwrap_or_else(|| PathBuf::from("/"));
+    let live = target == Path::new("/");
+    let systemd = match live && !args.dry_run {
+        true => match crate::systemd::Systemd::system() {
+            Ok(s) => Some(LiveServices(s)),
+            Err(e) => {
+                eprintln!("gatewayctl: {e}");
+                return exit::FAILED;
+            }
+        },
+        false => None,
+    };
+    let services = systemd
+        .as_ref()
+        .map(|s| s as &dyn backup::restore::Services);
+    if args.recover {
+        return match backup::restore::recover(&target, services) {
+            Ok(Some(done)) => {
+                println!("{done}");
+                exit::OK
+            }
+            Ok(None) => {
+                println!("no unfinished restore under {}", target.display());
+                exit::OK
+            }
+            Err(e) => {
+                eprintln!("gatewayctl: {e}");
+                exit::FAILED
+            }
+        };
+    }
+    if args.rollback {
+        return match backup::restore::rollback(&target, services) {
+            Ok(done) => {
+                println!("{done}");
+                exit::OK
+            }
+            Err(e) => {
+                eprintln!("gatewayctl: {e}");
+                exit::FAILED
+            }
+        };
+    }
+    let Some(archive) = args.archive else {
+        eprintln!("gatewayctl: restore needs an archive");
+        return 2;
+    };
+    // A host of another name would generate none of the archive's instances.
+    if live && args.as_host.is_none() {
+        if let Ok(m) = backup::verify::read_manifest_only(&archive) {
+            let here = std::fs::read_to_string(install::HOSTNAME_FILE).unwrap_or_default();
+            let (config, _, _) = install::load_with_config(&Root::new("/"));
+            let here = config.host.unwrap_or_else(|| here.trim().to_string());
+            if !install::host_matches(&m.host, &here) {
+                eprintln!("gatewayctl: {} is a backup of {}, and this host is {here}: restored as it is, the generator would start none of its instances. If this host stands in for {} (a cold standby), add --as-host {}; nothing was changed", archive.display(), m.host, m.host, m.host);
+                return 2;
+            }
+        }
+    }
+    let opts = backup::restore::RestoreOptions {
+        target,
+        dry_run: args.dry_run,
+        numeric_ids: args.numeric_ids,
+        as_host: args.as_host,
+    };
+    match backup::restore::restore(&archive, &opts, services) {
+        Ok(s) => {
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+            } else {
+                for w in &s.warnings {
+                    println!("warning: {w}");
+                }
+                let verb = if args.dry_run {
+                    "would replace"
+                } else {
+                    "replaced"
+                };
+                for p in &s.replaced {
+                    println!("{verb} /{p}");
+                }
+                let verb = if args.dry_run {
+                    "would move aside"
+                } else {
+                    "moved aside"
+                };
+                for p in &s.moved_aside {
+                    println!("{verb} /{p} (not in the archive)");
+                }
+                let times: Vec<String> = s
+                    .seconds
+                    .iter()
+                    .map(|(p, t)| format!("{p} {t:.1}s"))
+                    .collect();
+                println!(
+                    "{} {} of {} taken {}: {} entries, {} bytes ({})",
+                    if args.dry_run { "checked" } else { "restored" },
+                    archive.display(),
+                    s.host,
+                    s.created,
+                    s.entries,
+                    s.bytes,
+                    times.join(", ")
+                );
+            }
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("gatewayctl: {e}");
+            match e {
+                backup::BackupError::Damaged { .. } | backup::BackupError::Refused { .. } => {
+                    DAMAGED
+                }
+                backup::BackupError::CannotRead(_) => CANNOT_READ,
+                _ => exit::FAILED,
+            }
+        }
+    }
+}

@@ -172,6 +172,56 @@ file or ARCHIVE.sha256, no permission)."
         #[arg(long)]
         json: bool,
     },
+    /// Restore an archive: checked before anything is written, swapped into place atomically.
+    #[command(
+        long_about = "Restore an archive written by `gatewayctl backup` onto this host (or --target DIR).\n\n\
+Nothing is written until every entry of the manifest (checked against ARCHIVE.sha256) passes:\n\
+plain relative paths inside the archive's scopes, each once, under directories the archive\n\
+lists, links that do not climb out of the target; hardlinks, devices, fifos and anything the\n\
+manifest does not list are refused, naming the entry. Each scope is then extracted into a\n\
+staging directory beside it (0700), every file's sha256 checked on the way; any difference\n\
+removes them and changes nothing. Then the gateways are stopped (drained), an intent record is\n\
+written, each scope is swapped into place (renameat2 RENAME_EXCHANGE; conf/opsdb.d is carried\n\
+over; the previous tree stays beside it as the rollback copy), systemd reloads and\n\
+gateway.target starts what the restored state enables.\n\n\
+Killed at any point, `gatewayctl restore --recover` finishes it (or, interrupted while\n\
+extracting, removes what was staged); until then the generator starts no instance.\n\
+`gatewayctl restore --rollback` puts the previous trees back.\n\n\
+Owners are mapped by user and group name (the target's /etc/passwd and /etc/group), falling\n\
+back to the archived ids with a warning; --numeric-ids keeps the ids. Set-id bits are kept only\n\
+where the owner is the archived one. Modes and mtimes are exact.\n\n\
+On a cold standby with its own host name, --as-host NAME (the production host it stands in for)\n\
+writes /etc/gateway-systemd/gateway.toml.d/95-restored-host.toml so that the generator produces\n\
+that host's instances. Without it, restoring onto a host of another name is refused.\n\n\
+Exit status: 0 restored, 1 failed (nothing changed unless it says so), 65 the archive is\n\
+damaged or refused, 66 it cannot be read."
+    )]
+    Restore {
+        /// The archive (.tar.zst); not with --recover or --rollback.
+        #[arg(required_unless_present_any = ["recover", "rollback"], conflicts_with_all = ["recover", "rollback"])]
+        archive: Option<std::path::PathBuf>,
+        /// Restore under DIR instead of / (a standby's or a drill's root); systemd is left alone.
+        #[arg(long, value_name = "DIR")]
+        target: Option<std::path::PathBuf>,
+        /// Check everything (every byte), print what would be replaced, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Owners by the archived ids, never by name.
+        #[arg(long)]
+        numeric_ids: bool,
+        /// Stand in for this production host (a cold standby with another name).
+        #[arg(long, value_name = "HOST")]
+        as_host: Option<String>,
+        /// Finish (or undo) a restore that was interrupted.
+        #[arg(long, conflicts_with = "rollback")]
+        recover: bool,
+        /// Put back what the last restore replaced.
+        #[arg(long)]
+        rollback: bool,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Move from the legacy /etc/init.d/vshell-* scripts to units. Without options: show how
     /// each script maps to a unit (changes nothing).
     #[command(
@@ -369,6 +419,7 @@ pub fn main(cli: Cli) -> i32 {
         Command::MigrateInitd { .. } => Some("migrate-initd"),
         Command::Backup { .. } => Some("backup"),
         Command::Verify { .. } => Some("verify"),
+        Command::Restore { .. } => Some("restore"),
         // The choice is recorded in a file of that host, which D-Bus cannot write.
         Command::Enable { .. } => Some("enable"),
         Command::Disable { .. } => Some("disable"),
@@ -386,6 +437,27 @@ pub fn main(cli: Cli) -> i32 {
             return backup::backup_command(*full, to.clone(), *json)
         }
         Command::Verify { archive, json } => return backup::verify_command(archive, *json),
+        Command::Restore {
+            archive,
+            target,
+            dry_run,
+            numeric_ids,
+            as_host,
+            recover,
+            rollback,
+            json,
+        } => {
+            return backup::restore_command(backup::RestoreArgs {
+                archive: archive.clone(),
+                target: target.clone(),
+                dry_run: *dry_run,
+                numeric_ids: *numeric_ids,
+                as_host: as_host.clone(),
+                recover: *recover,
+                rollback: *rollback,
+                json: *json,
+            })
+        }
         _ => {}
     }
     let (inst, _problems) = install::load(&Root::new("/"));
@@ -473,7 +545,8 @@ pub fn main(cli: Cli) -> i32 {
         | Command::Drain { .. }
         | Command::CheckConfig
         | Command::Backup { .. }
-        | Command::Verify { .. } => {
+        | Command::Verify { .. }
+        | Command::Restore { .. } => {
             unreachable!("handled above")
         }
     };

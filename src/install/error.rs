@@ -91,6 +91,12 @@ pub enum InstallError {
         /// What is wrong.
         detail: String,
     },
+    /// A restore was interrupted: every instance is held until it is finished.
+    #[error("{}: a restore is unfinished; no instance starts until `gatewayctl restore --recover` finishes it", intent.display())]
+    RestoreUnfinished {
+        /// The intent record.
+        intent: PathBuf,
+    },
     /// A setting has a value out of range or of the wrong shape.
     #[error("{place}: {detail}")]
     BadSetting {

@@ -284,6 +284,19 @@ pub fn load_with_config(root: &Root) -> (Config, Installation, Vec<Problem>) {
         &mut inst,
         &mut problems,
     );
+    // Half a restore is neither the old installation nor the new one: nothing starts on it.
+    let intent = Path::new("/").join(crate::backup::restore::INTENT);
+    if root.real(&intent).exists() {
+        let reason = format!("{} (a restore is unfinished)", intent.display());
+        problems.push(Problem::error(InstallError::RestoreUnfinished { intent }));
+        for i in &mut inst.instances {
+            i.hold(reason.clone());
+        }
+        if let Some(nm) = &mut inst.node_manager {
+            nm.settings.autostart = false;
+            nm.held = Some(reason);
+        }
+    }
     (config, inst, problems)
 }
 
