@@ -723,6 +723,16 @@ pub fn restore(
     summary.warnings = owners.warned.into_iter().collect();
     lap("extract", &mut seconds, &mut since);
 
+    // Only one restore can be rolled back: the previous one's rollback copies go now that
+    // this one is known to be whole.
+    if let Some(prev) = fs::read(target.join(LAST))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Intent>(&b).ok())
+    {
+        remove_staging(target, &prev.staging);
+        let _ = fs::remove_file(target.join(LAST));
+    }
+
     // 3. The renames, recorded before the first one.
     let mut steps = Vec::new();
     let mut undo = Vec::new();

@@ -141,17 +141,10 @@ fn stated(header: &tar::Header, size: u64, pax: Option<&[u8]>) -> Stated {
         match ext.key() {
             Ok("path") => s.path = value,
             Ok("linkpath") => s.link = Some(value),
-            Ok("mtime") => {
-                let (secs, frac) = value.split_once('.').unwrap_or((&value, "0"));
-                let nanos = format!("{frac:0<9}");
-                s.mtime = (
-                    secs.parse().unwrap_or(-1),
-                    nanos
-                        .get(..9)
-                        .and_then(|n| n.parse().ok())
-                        .unwrap_or(u32::MAX),
-                );
-            }
+            Ok("mtime") => match super::write::parse_pax_time(&value) {
+                Some(t) => s.mtime = t,
+                None => s.refused_pax = Some(format!("a pax mtime {value:?}")),
+            },
             Ok("uname") | Ok("gname") => {}
             // Anything else changes how the entry reads (size, sparse maps, ids): we never
             // write it, so it is refused rather than interpreted.

@@ -233,10 +233,7 @@ pub(crate) fn header_of(e: &Entry) -> (tar::Header, Vec<(&'static str, Vec<u8>)>
             let _ = h.set_link_name("pax-long-link");
         }
     }
-    pax.push((
-        "mtime",
-        format!("{}.{:09}", e.mtime, e.mtime_nsec).into_bytes(),
-    ));
+    pax.push(("mtime", pax_time(e.mtime, e.mtime_nsec).into_bytes()));
     for (key, name, set) in [
         (
             "uname",
@@ -253,6 +250,35 @@ pub(crate) fn header_of(e: &Entry) -> (tar::Header, Vec<(&'static str, Vec<u8>)>
     }
     h.set_cksum();
     (h, pax)
+}
+
+/// A time as pax writes it: a decimal number of seconds (`-1.5` is 1.5 s before the epoch,
+/// which the (seconds, nanoseconds) pair says as (-2, 500000000)).
+pub(crate) fn pax_time(secs: i64, nsec: u32) -> String {
+    match (secs < 0, nsec) {
+        (true, n) if n > 0 => format!("-{}.{:09}", -(secs + 1), 1_000_000_000 - n),
+        _ => format!("{secs}.{nsec:09}"),
+    }
+}
+
+/// Read a pax time back into (seconds, nanoseconds); None when it is not one.
+pub(crate) fn parse_pax_time(value: &str) -> Option<(i64, u32)> {
+    let (neg, digits) = match value.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, value),
+    };
+    let (whole, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if whole.is_empty() || !all_digits(whole) || !all_digits(frac) {
+        return None;
+    }
+    let secs: i64 = whole.parse().ok()?;
+    let nanos: u32 = format!("{frac:0<9}").get(..9)?.parse().ok()?;
+    Some(match (neg, nanos) {
+        (false, n) => (secs, n),
+        (true, 0) => (-secs, 0),
+        (true, n) => (-secs - 1, 1_000_000_000 - n),
+    })
 }
 
 /// Append one entry with its data.
@@ -643,5 +669,28 @@ impl Drop for TempFiles {
         for p in &self.0 {
             let _ = fs::remove_file(p);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pax_times_round_trip_before_and_after_the_epoch() {
+        for (secs, nsec) in [
+            (0, 0),
+            (1_700_000_000, 123_456_789),
+            (-1, 500_000_000),
+            (-5, 0),
+            (-6, 1),
+        ] {
+            let text = pax_time(secs, nsec);
+            assert_eq!(parse_pax_time(&text), Some((secs, nsec)), "{text}");
+        }
+        assert_eq!(pax_time(-2, 500_000_000), "-1.500000000");
+        assert_eq!(parse_pax_time("12.5"), Some((12, 500_000_000)));
+        assert_eq!(parse_pax_time("x"), None);
+        assert_eq!(parse_pax_time("1e5"), None);
     }
 }
