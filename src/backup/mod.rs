@@ -1,6 +1,6 @@
 //! Backup, verify and restore of the installation: one standard tar (pax) archive compressed
 //! with zstd, paths relative to `/` (so that `tar --zstd -C / -xpf` restores it in an emergency),
-//! a `MANIFEST` member first, and the manifest's sha256 beside the archive.
+//! a `MANIFEST` member first, and the archive's sha256 beside it.
 
 pub mod manifest;
 pub mod restore;
@@ -59,8 +59,8 @@ impl BackupError {
     }
 }
 
-/// The sidecar file beside an archive: the manifest's sha256, in `sha256sum` format with the
-/// manifest's path (after `tar -C / -x`, `cd / && sha256sum -c ARCHIVE.sha256` checks it).
+/// The sidecar file beside an archive: the archive's sha256 in `sha256sum` format (it covers
+/// the manifest inside, so a rewritten archive with a rewritten manifest is caught).
 pub fn sidecar_of(archive: &std::path::Path) -> PathBuf {
     let mut s = archive.as_os_str().to_owned();
     s.push(".sha256");

@@ -162,9 +162,16 @@ struct Landing {
     carry: Vec<String>,
 }
 
-/// Check every entry of the manifest (step 1) and work out where each scope lands. Err names
-/// the first entry refused and why.
-fn plan(m: &Manifest, target: &Path) -> Result<Vec<Landing>, String> {
+/// Check every entry of a manifest as restore would (paths, scopes, directories, links):
+/// Err names the first entry refused and why. Verify reports the same as damage.
+pub fn check_manifest(m: &Manifest) -> Result<(), String> {
+    plan(m, None).map(|_| ())
+}
+
+/// Check every entry of the manifest (step 1) and work out where each scope lands (with the
+/// live entries of `target` its matching scopes would replace). Err names the first entry
+/// refused and why.
+fn plan(m: &Manifest, target: Option<&Path>) -> Result<Vec<Landing>, String> {
     for s in &m.scopes {
         if !is_normal(&s.path) {
             return Err(format!("scope {} has the path {:?}", s.name, s.path));
@@ -265,6 +272,7 @@ fn plan(m: &Manifest, target: &Path) -> Result<Vec<Landing>, String> {
         match s.kind.as_str() {
             "tree" | "file" => land(s.path.clone(), s, &mut landings),
             "matching" => {
+                let Some(target) = target else { continue };
                 let dir = target.join(&s.path);
                 let mut names: Vec<String> = fs::read_dir(&dir)
                     .map(|rd| {
@@ -534,7 +542,7 @@ pub fn restore(
     }
     // 1. The manifest, checked before anything else.
     let manifest = super::verify::read_manifest_only(archive)?;
-    let landings = plan(&manifest, target).map_err(|d| refused(archive, d))?;
+    let landings = plan(&manifest, Some(target)).map_err(|d| refused(archive, d))?;
     if let Some(host) = &opts.as_host {
         if host.is_empty()
             || host.contains(|c: char| c.is_control() || c.is_whitespace() || c == '"')

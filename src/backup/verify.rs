@@ -73,22 +73,37 @@ impl<R: Read> Read for Budget<R> {
     }
 }
 
-/// The manifest's hash as `ARCHIVE.sha256` states it.
-fn expected_manifest_hash(archive: &Path) -> Result<String, ReadError> {
+/// The archive's sha256 as `ARCHIVE.sha256` states it (`sha256sum` format).
+fn expected_hash(archive: &Path) -> Result<String, ReadError> {
     let sidecar = sidecar_of(archive);
     let text = fs::read_to_string(&sidecar).map_err(|e| {
         ReadError::CannotRead(format!(
-            "{}: {e}; it holds the manifest's hash and travels with the archive (copy both)",
+            "{}: {e}; it holds the archive's sha256 and travels with the archive (copy both)",
             sidecar.display()
         ))
     })?;
-    let mut words = text.split_whitespace();
-    match (words.next(), words.next()) {
-        (Some(h), Some(p)) if h.len() == 64 && p == MANIFEST_PATH => Ok(h.to_ascii_lowercase()),
+    match text.split_whitespace().next() {
+        Some(h) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            Ok(h.to_ascii_lowercase())
+        }
         _ => Err(ReadError::Damaged(vec![format!(
-            "{}: not a manifest hash written by gatewayctl backup",
+            "{}: not a sha256 written by gatewayctl backup",
             sidecar.display()
         )])),
+    }
+}
+
+/// A reader that hashes the raw bytes of the archive file as the decoder reads them.
+struct RawHash {
+    file: fs::File,
+    hash: std::rc::Rc<std::cell::RefCell<Sha256>>,
+}
+
+impl Read for RawHash {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read(buf)?;
+        self.hash.borrow_mut().update(&buf[..n]);
+        Ok(n)
     }
 }
 
@@ -192,12 +207,9 @@ fn differs(s: &Stated, m: &Entry) -> Option<String> {
         .map(|(what, is, want)| format!("{what} is {is}, the manifest says {want}"))
 }
 
-/// Read the manifest member (the first) and check it against `ARCHIVE.sha256`.
-fn take_manifest<R: Read>(
-    entries: &mut tar::Entries<'_, R>,
-    archive: &Path,
-    want_hash: &str,
-) -> Result<Manifest, ReadError> {
+/// Read the manifest member (the first). Whether it can be trusted is known once the whole
+/// archive hashed to what `ARCHIVE.sha256` says; until then it only guides the read.
+fn take_manifest<R: Read>(entries: &mut tar::Entries<'_, R>) -> Result<Manifest, ReadError> {
     let damaged = |what: String| ReadError::Damaged(vec![what]);
     let mut first = match entries.next() {
         Some(Ok(e)) => e,
@@ -216,43 +228,45 @@ fn take_manifest<R: Read>(
     first
         .read_to_end(&mut bytes)
         .map_err(|e| damaged(format!("cannot read the manifest: {e}")))?;
-    let got_hash = manifest::sha256_hex(&bytes);
-    if got_hash != want_hash {
-        return Err(damaged(format!(
-            "its manifest hashes to {got_hash}, but {} says {want_hash}: the archive was changed or replaced",
-            sidecar_of(archive).display()
-        )));
-    }
     Manifest::from_bytes(&bytes).map_err(damaged)
 }
 
-/// Open an archive for reading: its manifest's expected hash, and a tar reader over the
-/// decompressed stream whose budget starts at the manifest's bound.
-#[allow(clippy::type_complexity)]
-fn open(
-    archive: &Path,
-) -> Result<
-    (
-        String,
-        tar::Archive<Stream>,
-        std::rc::Rc<std::cell::Cell<u64>>,
-    ),
-    ReadError,
-> {
-    let want_hash = expected_manifest_hash(archive)?;
-    let file = fs::File::open(archive)
-        .map_err(|e| ReadError::CannotRead(format!("{}: {e}", archive.display())))?;
-    let decoder = zstd::stream::read::Decoder::new(file)
-        .map_err(|e| ReadError::CannotRead(format!("{}: {e}", archive.display())))?;
-    let left = std::rc::Rc::new(std::cell::Cell::new(MANIFEST_MAX + 4096));
-    let budget = Budget {
-        inner: io::BufReader::with_capacity(1 << 20, decoder),
-        left: left.clone(),
-    };
-    Ok((want_hash, tar::Archive::new(budget), left))
+/// An archive opened for reading: a tar reader over the decompressed stream (whose budget
+/// starts at the manifest's bound), the running hash of the file's raw bytes, and what
+/// `ARCHIVE.sha256` says it must come to.
+struct Opened {
+    tar: tar::Archive<Stream>,
+    budget: std::rc::Rc<std::cell::Cell<u64>>,
+    raw_hash: std::rc::Rc<std::cell::RefCell<Sha256>>,
+    want: String,
 }
 
-/// The manifest of an archive, checked against `ARCHIVE.sha256` (the rest is not read).
+fn open(archive: &Path) -> Result<Opened, ReadError> {
+    let want = expected_hash(archive)?;
+    let file = fs::File::open(archive)
+        .map_err(|e| ReadError::CannotRead(format!("{}: {e}", archive.display())))?;
+    let raw_hash = std::rc::Rc::new(std::cell::RefCell::new(Sha256::new()));
+    let raw = RawHash {
+        file,
+        hash: raw_hash.clone(),
+    };
+    let decoder = zstd::stream::read::Decoder::new(raw)
+        .map_err(|e| ReadError::CannotRead(format!("{}: {e}", archive.display())))?;
+    let budget = std::rc::Rc::new(std::cell::Cell::new(MANIFEST_MAX + 4096));
+    let stream = Budget {
+        inner: io::BufReader::with_capacity(1 << 20, decoder),
+        left: budget.clone(),
+    };
+    Ok(Opened {
+        tar: tar::Archive::new(stream),
+        budget,
+        raw_hash,
+        want,
+    })
+}
+
+/// The manifest of an archive, as its first member says (not yet checked against
+/// `ARCHIVE.sha256`: that takes reading the whole archive).
 pub fn read_manifest_only(archive: &Path) -> Result<Manifest, super::BackupError> {
     let to_err = |e: ReadError| match e {
         ReadError::CannotRead(why) => super::BackupError::CannotRead(why),
@@ -261,16 +275,17 @@ pub fn read_manifest_only(archive: &Path) -> Result<Manifest, super::BackupError
             detail: problems.join("; "),
         },
     };
-    let (want_hash, mut tar, _) = open(archive).map_err(to_err)?;
-    let mut entries = tar
+    let mut opened = open(archive).map_err(to_err)?;
+    let mut entries = opened
+        .tar
         .entries()
         .map_err(|e| to_err(ReadError::Damaged(vec![format!("not a tar stream: {e}")])))?
         .raw(true);
-    take_manifest(&mut entries, archive, &want_hash).map_err(to_err)
+    take_manifest(&mut entries).map_err(to_err)
 }
 
 /// The decompressed stream of an archive.
-type Stream = Budget<io::BufReader<zstd::stream::read::Decoder<'static, io::BufReader<fs::File>>>>;
+type Stream = Budget<io::BufReader<zstd::stream::read::Decoder<'static, io::BufReader<RawHash>>>>;
 
 /// Read an archive from start to end, checking everything against its manifest. `sink` gets
 /// each entry the manifest lists, with its data (files only; what it leaves unread is read
@@ -281,15 +296,22 @@ pub(crate) fn read(
     stop_at_first: bool,
     sink: &mut dyn FnMut(&Entry, &mut dyn Read) -> io::Result<()>,
 ) -> Result<(Manifest, u64, Vec<String>), ReadError> {
-    let (want_hash, mut tar, left) = open(archive)?;
+    let Opened {
+        mut tar,
+        budget: left,
+        raw_hash,
+        want,
+    } = open(archive)?;
     let damaged = |what: String| ReadError::Damaged(vec![what]);
     let mut entries = tar
         .entries()
         .map_err(|e| damaged(format!("not a tar stream: {e}")))?
         .raw(true);
 
-    // 1. The manifest, first.
-    let manifest = take_manifest(&mut entries, archive, &want_hash)?;
+    // 1. The manifest, first, and nothing in it that restore would refuse.
+    let manifest = take_manifest(&mut entries)?;
+    super::restore::check_manifest(&manifest)
+        .map_err(|why| damaged(format!("its manifest lists what no backup writes: {why}")))?;
     // From here on the archive may hold no more than the manifest lists, headers included.
     let data: u64 = manifest
         .entries
@@ -396,6 +418,40 @@ pub(crate) fn read(
             )
         {
             break;
+        }
+    }
+    // 3. After the end-of-archive blocks, only zeros up to the end of the file, and every
+    // zstd frame whole (its checksum is checked only once it is read to its end).
+    if problems.is_empty() || !stop_at_first {
+        let mut rest = tar.into_inner();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match rest.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) if buf[..n].iter().all(|b| *b == 0) => {}
+                Ok(_) => {
+                    problems.push("data after the end of the archive".into());
+                    break;
+                }
+                Err(e) => {
+                    problems.push(format!("the compressed stream is damaged: {e}"));
+                    break;
+                }
+            }
+        }
+    }
+    // 4. The whole file, to its last byte, against ARCHIVE.sha256: it covers the manifest, so
+    // a rewritten archive with a rewritten manifest is caught too.
+    if problems.is_empty() || !stop_at_first {
+        let got = manifest::hex(&raw_hash.borrow().clone().finalize());
+        if got != want {
+            problems.insert(
+                0,
+                format!(
+                    "the archive hashes to {got}, but {} says {want}: it was changed or replaced",
+                    sidecar_of(archive).display()
+                ),
+            );
         }
     }
     if problems.is_empty() || !stop_at_first {

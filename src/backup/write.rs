@@ -43,9 +43,9 @@ pub struct BackupOptions {
 pub struct BackupSummary {
     /// The archive (real path).
     pub archive: PathBuf,
-    /// sha256 of the archive file.
+    /// sha256 of the archive file (what `ARCHIVE.sha256` holds).
     pub sha256: String,
-    /// sha256 of its manifest (what `ARCHIVE.sha256` holds).
+    /// sha256 of its manifest.
     pub manifest_sha256: String,
     /// Regular files taken.
     pub files: u64,
@@ -596,11 +596,18 @@ pub fn backup(
         .len();
     drop(out);
 
-    // 3. The manifest's hash beside it, then the archive under its name.
+    // 3. The archive's hash beside it (sha256sum's format: `sha256sum -c` checks it in that
+    // directory), then the archive under its name.
+    let archive_sha = manifest::hex(&whole.finalize());
     let sidecar = sidecar_of(&archive);
+    let name = archive
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
     install::write_atomic(
         &sidecar,
-        format!("{manifest_sha}  {MANIFEST_PATH}\n").as_bytes(),
+        format!("{archive_sha}  {name}\n").as_bytes(),
         0o600,
     )
     .map_err(write_err("cannot write", &sidecar))?;
@@ -612,7 +619,7 @@ pub fn backup(
     bar.finish_and_clear();
     Ok(BackupSummary {
         archive,
-        sha256: manifest::hex(&whole.finalize()),
+        sha256: archive_sha,
         manifest_sha256: manifest_sha,
         files,
         directories: dirs,

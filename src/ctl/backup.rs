@@ -49,7 +49,7 @@ pub fn backup_command(full: bool, to: Option<PathBuf>, json: bool) -> i32 {
                 }
                 println!(
                     "wrote {} ({} files, {} directories, {} links; {} bytes in {} bytes, {:.1}x) in {:.1}s\n\
-                     manifest sha256 {} in {}",
+                     sha256 {} in {}",
                     s.archive.display(),
                     s.files,
                     s.directories,
@@ -58,7 +58,7 @@ pub fn backup_command(full: bool, to: Option<PathBuf>, json: bool) -> i32 {
                     s.archive_bytes,
                     s.ratio,
                     s.seconds,
-                    s.manifest_sha256,
+                    s.sha256,
                     backup::sidecar_of(&s.archive).display()
                 );
             }

@@ -141,7 +141,7 @@ devices and fifos are skipped and listed. A file that changes while it is read i
 (files up to 64 MiB) or listed as changed.\n\n\
 The archive's first member is var/lib/gateway-systemd/MANIFEST (every entry with type, mode,\n\
 owner id and name, size, mtime, sha256, link target); ARCHIVE.sha256 beside it holds the\n\
-manifest's hash. Both are written atomically, mode 0600, to [backup] dir in\n\
+archive's sha256 (`sha256sum -c` checks it). Both are written atomically, mode 0600, to [backup] dir in\n\
 /etc/gateway-systemd/gateway.toml (default /var/lib/gateway-systemd/backups) or --to DIR, named\n\
 <host>-<UTC time>.tar.zst.\n\n\
 Exit status: 0 written, 1 failed."
@@ -157,10 +157,10 @@ Exit status: 0 written, 1 failed."
         #[arg(long)]
         json: bool,
     },
-    /// Check an archive: every byte against its manifest, the manifest against ARCHIVE.sha256.
+    /// Check an archive: every entry against its manifest, the whole file against ARCHIVE.sha256.
     #[command(
         long_about = "Check an archive written by `gatewayctl backup`: decompress everything, hash every file\n\
-against the manifest, check the manifest against ARCHIVE.sha256 beside it, and report every\n\
+against the manifest, check the whole file against ARCHIVE.sha256 beside it, and report every\n\
 difference by path (missing, extra, changed, wrong type, mode, owner or time).\n\n\
 Exit status: 0 intact, 65 damaged (the differences are listed), 66 cannot be read (missing\n\
 file or ARCHIVE.sha256, no permission)."
@@ -175,12 +175,12 @@ file or ARCHIVE.sha256, no permission)."
     /// Restore an archive: checked before anything is written, swapped into place atomically.
     #[command(
         long_about = "Restore an archive written by `gatewayctl backup` onto this host (or --target DIR).\n\n\
-Nothing is written until every entry of the manifest (checked against ARCHIVE.sha256) passes:\n\
+Nothing is written until every entry of the manifest passes:\n\
 plain relative paths inside the archive's scopes, each once, under directories the archive\n\
 lists, links that do not climb out of the target; hardlinks, devices, fifos and anything the\n\
 manifest does not list are refused, naming the entry. Each scope is then extracted into a\n\
-staging directory beside it (0700), every file's sha256 checked on the way; any difference\n\
-removes them and changes nothing. Then the gateways are stopped (drained), an intent record is\n\
+staging directory beside it (0700), every file's sha256 checked on the way and the whole\n\
+archive against ARCHIVE.sha256 at the end; any difference removes them and changes nothing. Then the gateways are stopped (drained), an intent record is\n\
 written, each scope is swapped into place (renameat2 RENAME_EXCHANGE; conf/opsdb.d is carried\n\
 over; the previous tree stays beside it as the rollback copy), systemd reloads and\n\
 gateway.target starts what the restored state enables.\n\n\
