@@ -48,8 +48,8 @@ pub enum NameError {
     /// The name holds a control character (newline, tab, ...), which no unit file can carry.
     #[error("the name contains a control character")]
     ControlCharacter,
-    /// The escaped unit name would exceed systemd's limit.
-    #[error("the unit name would be {0} characters long; systemd accepts at most 255")]
+    /// The escaped unit name would leave no room for its drop-in directory.
+    #[error("the unit name would be {0} characters long; its drop-in directory <unit>.d must fit in 255, so at most 253")]
     TooLong(usize),
     /// The string is not a well-formed escaped instance string.
     #[error("{0:?} is not an escaped group-instance string (expected <group>-<instance>)")]
@@ -104,7 +104,8 @@ pub fn unescape_name(escaped: &str) -> Result<String, NameError> {
 pub fn instance_string(group: &str, instance: &str) -> Result<String, NameError> {
     let s = format!("{}-{}", escape_name(group)?, escape_name(instance)?);
     let unit_len = "gateway@".len() + s.len() + ".service".len();
-    if unit_len > UNIT_NAME_MAX {
+    // Its drop-in directory `<unit>.d` is a file name too, and no file name is longer than 255.
+    if unit_len + ".d".len() > UNIT_NAME_MAX {
         return Err(NameError::TooLong(unit_len));
     }
     Ok(s)
