@@ -52,15 +52,15 @@ pub struct Options {
 }
 
 /// What `/demo/status` reports of the passphrase the demo read (the line without its newline),
-/// so that a test can tell it got exactly the secret without the secret being shown: 16 hex
-/// digits of std's `DefaultHasher` (SipHash-1-3 with fixed keys). Deterministic for one build,
-/// which is all the tests need (they call this function of the same build); not a
-/// cryptographic commitment, and not meant for real passphrases.
-pub fn passphrase_digest(secret: &[u8]) -> String {
-    use std::hash::Hasher;
-    let mut h = std::hash::DefaultHasher::new();
-    h.write(secret);
-    format!("{:016x}", h.finish())
+/// so that a test can tell it got exactly the secret without the secret being shown: its
+/// SHA-256, in hex, as `sha256sum` prints it. (Unsalted: fine for a test's random secret, not a
+/// way to publish a real passphrase.)
+fn passphrase_digest(secret: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(secret)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn parse_span(s: &str) -> Result<Duration, String> {

@@ -320,33 +320,242 @@ pub fn restart_drains(c: &Container) -> Result<(), Failed> {
     result
 }
 
-/// server1's demo gateway got `secret` (by its length), and the secret (held in
-/// /root/secret-pattern, so that no command line of ours holds it) is in no process's command
-/// line or environment and in no journal entry.
-fn passphrase_delivered_without_trace(c: &Container, secret: &str) -> Result<(), Failed> {
-    let (_, status) = http(c, "GET", "http://127.0.0.1:8080/demo/status");
-    let v: serde_json::Value = serde_json::from_str(&status)?;
-    if v["passphrase_bytes"].as_u64() != Some(secret.len() as u64) {
-        return Err(fail(format!(
-            "the gateway did not get the passphrase: {status}"
-        )));
+/// Where the passphrase tests keep the secret inside the container: grep reads its pattern from
+/// this file, so that no command line of ours holds the secret.
+const SECRET_PATTERN: &str = "/root/secret-pattern";
+
+/// A shell script (`sh -c PROC_SCAN sh <pattern file>`) that greps every process's command line
+/// and environment for the pattern file's text one file at a time, so that grep's exit status is
+/// known for each: `MATCH <file>` (exit 0), `CLEAN <file>` (exit 1), `GONE <file>` (an error, but
+/// the process exited meanwhile), `ERROR ...` (an error on a file that is still there, twice;
+/// or a missing or empty pattern file, with which grep -f would find nothing and pass).
+pub const PROC_SCAN: &str = r#"
+pat="$1"
+[ -s "$pat" ] || { echo "ERROR the pattern file $pat is missing or empty"; exit 0; }
+for f in /proc/[0-9]*/cmdline /proc/[0-9]*/environ; do
+  for try in 1 2; do
+    err=$(grep -q -a -F -f "$pat" -- "$f" 2>&1); rc=$?
+    [ "$rc" -le 1 ] && break
+  done
+  case $rc in
+    0) echo "MATCH $f" ;;
+    1) echo "CLEAN $f" ;;
+    *) if [ -e "$f" ]; then echo "ERROR $f: grep exited $rc: $err"; else echo "GONE $f"; fi ;;
+  esac
+done
+"#;
+
+/// What [`PROC_SCAN`] read, and which of those files hold the secret.
+#[derive(Debug, Default)]
+pub struct ProcScan {
+    /// Files whose grep exited 0.
+    pub matched: std::collections::BTreeSet<String>,
+    /// Files grep read (exit 0 or 1).
+    pub read: std::collections::BTreeSet<String>,
+}
+
+/// Parse [`PROC_SCAN`]'s output; any grep error (or a scan that did not run) is an Err, never
+/// "not found".
+pub fn parse_proc_scan(out: &std::process::Output) -> Result<ProcScan, String> {
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!(
+            "the /proc scan failed ({}): {text}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
     }
-    let leaks = c.exec(&["sh", "-c", "grep -l -a -F -f /root/secret-pattern /proc/[0-9]*/cmdline /proc/[0-9]*/environ 2>/dev/null"]);
-    let found = String::from_utf8_lossy(&leaks.stdout).to_string();
-    if !found.trim().is_empty() {
-        return Err(fail(format!("the passphrase is visible in {found}")));
+    let mut scan = ProcScan::default();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        match line.split_once(' ') {
+            Some(("MATCH", f)) => {
+                scan.matched.insert(f.to_string());
+                scan.read.insert(f.to_string());
+            }
+            Some(("CLEAN", f)) => {
+                scan.read.insert(f.to_string());
+            }
+            Some(("GONE", _)) => {}
+            _ => return Err(format!("the /proc scan failed: {line}")),
+        }
     }
-    let journal = c.exec(&[
+    Ok(scan)
+}
+
+/// The secret is in no process's command line or environment but the control's: the scan
+/// found it in `/proc/<control>/environ` (where it was put, so the scan can find it at all) and
+/// nowhere else, and it read the command line and environment of every process in `must_read`
+/// (the launcher and the gateway, which held the secret).
+pub fn judge_proc_scan(scan: &ProcScan, control: u32, must_read: &[u32]) -> Result<(), String> {
+    let control_file = format!("/proc/{control}/environ");
+    if !scan.matched.contains(&control_file) {
+        return Err(format!(
+            "the /proc scan did not find the secret in {control_file}, where the control process holds it: the scan cannot see it anywhere (read {} files)",
+            scan.read.len()
+        ));
+    }
+    let leaks: Vec<&String> = scan
+        .matched
+        .iter()
+        .filter(|f| **f != control_file)
+        .collect();
+    if !leaks.is_empty() {
+        return Err(format!("the passphrase is visible in {leaks:?}"));
+    }
+    for pid in must_read {
+        for file in ["cmdline", "environ"] {
+            let f = format!("/proc/{pid}/{file}");
+            if !scan.read.contains(&f) {
+                return Err(format!("the /proc scan did not read {f}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// grep's verdict from its exit status: Ok(true) on a match (0), Ok(false) on none (1), Err
+/// when grep failed (2: a file or the pattern file unreadable), which must not pass as "none".
+pub fn grep_found(out: &std::process::Output, what: &str) -> Result<bool, String> {
+    match out.status.code() {
+        Some(0) => Ok(true),
+        Some(1) => Ok(false),
+        _ => Err(format!(
+            "grep over {what} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )),
+    }
+}
+
+/// Scan every process of the container for the secret of [`SECRET_PATTERN`] (see
+/// [`judge_proc_scan`]), with a control process holding it in its environment meanwhile.
+fn secret_in_no_process(c: &Container, must_read: &[u32]) -> Result<(), String> {
+    let pid_file = c.root().join("root/leak-control.pid");
+    let _ = fs::remove_file(&pid_file);
+    // The control takes the secret from the file too: it is in its environment only.
+    let mut control = c.spawn(&[
         "sh",
         "-c",
-        "journalctl -o export | grep -c -a -F -f /root/secret-pattern",
+        "GATEWAY_LEAK_CONTROL=$(cat \"$1\"); export GATEWAY_LEAK_CONTROL; echo $$ > /root/leak-control.pid.tmp; mv /root/leak-control.pid.tmp /root/leak-control.pid; exec sleep 60",
+        "sh",
+        SECRET_PATTERN,
     ]);
-    let count = String::from_utf8_lossy(&journal.stdout).trim().to_string();
-    if count != "0" {
+    let result = (|| {
+        let mut pid = 0u32;
+        wait_for(Duration::from_secs(5), "the control process", || {
+            pid = fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|p| p.trim().parse().ok())
+                .unwrap_or(0);
+            pid != 0
+                && c.ok(&["cat", &format!("/proc/{pid}/comm")])
+                    .is_ok_and(|comm| comm.trim() == "sleep")
+        })
+        .map_err(|e| e.message().unwrap_or("timed out").to_string())?;
+        let scan = parse_proc_scan(&c.exec(&["sh", "-c", PROC_SCAN, "sh", SECRET_PATTERN]))?;
+        judge_proc_scan(&scan, pid, must_read)
+    })();
+    if let Ok(pid) = fs::read_to_string(&pid_file) {
+        let _ = c.exec(&["kill", pid.trim()]);
+    }
+    let _ = control.kill();
+    let _ = control.wait();
+    let _ = fs::remove_file(&pid_file);
+    result
+}
+
+/// The secret of [`SECRET_PATTERN`] is in no journal entry. Controls: the export holds the
+/// gateway's own `listening` line (it covers the gateway's output), and the same grep finds the
+/// secret in the pattern file itself.
+fn secret_in_no_journal_entry(c: &Container, gateway_pid: u64) -> Result<(), String> {
+    let export = "/root/journal.export";
+    let listening = format!("gateway-demo: pid {gateway_pid} listening");
+    let result = (|| {
+        let mut covered = Ok(false);
+        let _ = wait_for(
+            Duration::from_secs(5),
+            "the gateway's journal entry",
+            || {
+                covered = c
+                    .ok(&[
+                        "sh",
+                        "-c",
+                        &format!("journalctl -o export --no-pager > {export}"),
+                    ])
+                    .and_then(|_| {
+                        grep_found(
+                            &c.exec(&["grep", "-q", "-a", "-F", "-e", &listening, export]),
+                            "the journal export",
+                        )
+                    });
+                !matches!(covered, Ok(false))
+            },
+        );
+        if !covered? {
+            return Err(format!(
+                "the journal export lacks the gateway's {listening:?}: it cannot show a leak either"
+            ));
+        }
+        let grep_secret = |file: &str| {
+            let out = c.exec(&["grep", "-c", "-a", "-F", "-f", SECRET_PATTERN, file]);
+            grep_found(&out, file).map(|found| {
+                (
+                    found,
+                    String::from_utf8_lossy(&out.stdout).trim().to_string(),
+                )
+            })
+        };
+        if !grep_secret(SECRET_PATTERN)?.0 {
+            return Err(format!(
+                "grep -f {SECRET_PATTERN} does not find the secret in {SECRET_PATTERN} itself"
+            ));
+        }
+        match grep_secret(export)? {
+            (false, _) => Ok(()),
+            (true, count) => Err(format!("the passphrase is in {count} journal export lines")),
+        }
+    })();
+    let _ = c.exec(&["rm", "-f", export]);
+    result
+}
+
+/// server1's demo gateway got exactly `secret` (its length and digest, the secret itself is not
+/// in the status), and the secret (held in [`SECRET_PATTERN`], so that no command line of ours
+/// holds it) is in no process's command line or environment and in no journal entry.
+fn passphrase_delivered_without_trace(c: &Container, secret: &str) -> Result<(), Failed> {
+    let pattern = fs::read_to_string(c.root().join(SECRET_PATTERN.trim_start_matches('/')))?;
+    if pattern != secret {
         return Err(fail(format!(
-            "the passphrase is in {count} journal export lines"
+            "{SECRET_PATTERN} does not hold the secret: the leak checks would look for something else"
         )));
     }
+    let (_, status) = http(c, "GET", "http://127.0.0.1:8080/demo/status");
+    if status.contains(secret) {
+        return Err(fail(
+            "the demo gateway's status shows the passphrase".into(),
+        ));
+    }
+    let v: serde_json::Value = serde_json::from_str(&status)?;
+    // The SHA-256 of what the demo read, against sha256sum's of the secret.
+    let digest = c.ok(&["sha256sum", SECRET_PATTERN])?;
+    let digest = digest.split_whitespace().next().unwrap_or_default();
+    if v["passphrase_bytes"].as_u64() != Some(secret.len() as u64)
+        || v["passphrase_digest"].as_str() != Some(digest)
+    {
+        return Err(fail(format!(
+            "the gateway did not get the passphrase ({} bytes, digest {digest}): {status}",
+            secret.len()
+        )));
+    }
+    let gateway_pid = v["pid"]
+        .as_u64()
+        .ok_or_else(|| fail(format!("no pid in the status: {status}")))?;
+    let launcher_pid: u64 = c.property(SERVER1, "MainPID")?.parse()?;
+    if launcher_pid == 0 {
+        return Err(fail(format!("{SERVER1} has no MainPID")));
+    }
+    secret_in_no_process(c, &[launcher_pid as u32, gateway_pid as u32])?;
+    secret_in_no_journal_entry(c, gateway_pid)?;
     Ok(())
 }
 
@@ -360,7 +569,7 @@ pub fn passphrase_is_delivered_and_never_exposed(c: &Container) -> Result<(), Fa
     std::os::unix::fs::PermissionsExt::set_mode(&mut fs::metadata(&cred)?.permissions(), 0o600);
     fs::set_permissions(&cred, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     // grep reads the secret from a file, so that no command line of ours holds it either.
-    let pattern = c.root().join("root/secret-pattern");
+    let pattern = c.root().join(SECRET_PATTERN.trim_start_matches('/'));
     fs::write(&pattern, &secret)?;
     let result = with_config(
         c,
