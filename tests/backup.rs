@@ -168,14 +168,14 @@ fn snapshot(base: &Path, under: &[&str]) -> BTreeMap<String, String> {
             true => 0,
             false => m.mode() & 0o7777,
         };
+        // A directory's size is the filesystem's business.
+        let size = match m.is_dir() {
+            true => String::new(),
+            false => m.size().to_string(),
+        };
         out.insert(
             rel,
-            format!(
-                "{what} {mode:o} {}:{} {} {mtime}",
-                m.uid(),
-                m.gid(),
-                m.size()
-            ),
+            format!("{what} {mode:o} {}:{} {size} {mtime}", m.uid(), m.gid()),
         );
     }
     out
@@ -758,4 +758,191 @@ fn every_flipped_bit_is_reported() {
         missed.len(),
         original.len()
     );
+}
+
+// ---- restores killed at random points ----
+
+/// A source host whose scopes differ by `variant`: files changed, removed and added, and a
+/// different set of init scripts (each its own swap).
+fn variant_root(dir: &Path, variant: u32) -> PathBuf {
+    let root = dir.join(format!("source-{variant}"));
+    copy_tree(&repo().join("demo/domain"), &root);
+    fs::create_dir_all(root.join("proc/sys/kernel")).unwrap();
+    fs::write(root.join("proc/sys/kernel/hostname"), "gw1.example.com\n").unwrap();
+    let data = root.join("opt/apigateway/groups/group-2/instance-1/data");
+    for k in 0..600u32 {
+        let keep = match variant {
+            0 => k % 3 != 0,
+            _ => k % 2 != 0,
+        };
+        if keep {
+            let sub = data.join(format!("d{}", k % 30));
+            fs::create_dir_all(&sub).unwrap();
+            fs::write(
+                sub.join(format!("f{k}")),
+                format!("{variant}:{k}\n").repeat(50),
+            )
+            .unwrap();
+        }
+    }
+    let init = root.join("etc/init.d");
+    let range = match variant {
+        0 => 0..150u32,
+        _ => 50..200,
+    };
+    for k in range {
+        fs::write(
+            init.join(format!("vshell-extra-{k:03}")),
+            format!("#!/bin/sh\n# {variant}\n"),
+        )
+        .unwrap();
+    }
+    fs::write(
+        root.join("opt/apigateway/conf/variant"),
+        format!("{variant}\n"),
+    )
+    .unwrap();
+    root
+}
+
+/// Without the rollback copies and the carried-over opsdb.d.
+fn scopes_of(base: &Path) -> BTreeMap<String, String> {
+    let mut s = snapshot(base, &SCOPES);
+    s.retain(|k, _| !k.contains("opsdb.d"));
+    s
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+#[test]
+fn a_restore_killed_anywhere_ends_old_or_new_after_recover() {
+    if !prerequisites() {
+        return;
+    }
+    // On a disk (not tmpfs), so that the renames' fsyncs take the time they take in production.
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let archives: Vec<PathBuf> = (0..2)
+        .map(|v| {
+            let src = variant_root(dir.path(), v);
+            let out = dir.path().join(format!("out-{v}"));
+            let (code, said) = ctl(Some(&src), &["backup", "--to", out.to_str().unwrap()]);
+            assert_eq!(code, 0, "{said}");
+            only_archive(&out)
+        })
+        .collect();
+    let expected: Vec<BTreeMap<String, String>> = (0..2)
+        .map(|v| scopes_of(&dir.path().join(format!("source-{v}"))))
+        .collect();
+    let target = target_root(dir.path(), "target");
+    fs::create_dir_all(target.join("opt/apigateway/conf/opsdb.d")).unwrap();
+    fs::write(
+        target.join("opt/apigateway/conf/opsdb.d/live.dat"),
+        "live data\n",
+    )
+    .unwrap();
+    let restore = |v: usize| {
+        Command::new(env!("CARGO_BIN_EXE_gatewayctl"))
+            .args(["restore", archives[v].to_str().unwrap(), "--target"])
+            .arg(&target)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    // Whole restores first: how long one takes.
+    let started = std::time::Instant::now();
+    for v in [0, 1, 0] {
+        assert!(restore(v).wait().unwrap().success());
+    }
+    let full = started.elapsed() / 3;
+    assert_eq!(
+        diff(&expected[0], &scopes_of(&target)),
+        Vec::<String>::new()
+    );
+
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    let mut rng = Rng(seed);
+    let mut state = 0usize;
+    let mut tally: BTreeMap<String, u32> = BTreeMap::new();
+    const TRIALS: u32 = 60;
+    for trial in 0..TRIALS {
+        let next = 1 - state;
+        let mut child = restore(next);
+        // Half the kills anywhere in a restore; half at a random moment of its swap (the
+        // few milliseconds after its intent record says "swapping").
+        let span = full.as_micros() as u64 * 6 / 5 + 1;
+        let delay = match trial % 2 {
+            0 => {
+                let d = std::time::Duration::from_micros(rng.next() % span);
+                std::thread::sleep(d);
+                d
+            }
+            _ => {
+                let started = std::time::Instant::now();
+                while started.elapsed() < full * 2
+                    && gateway_systemd::backup::restore::pending(&target)
+                        .is_none_or(|i| i.phase != "swapping")
+                {
+                    std::thread::sleep(std::time::Duration::from_micros(50));
+                }
+                std::thread::sleep(std::time::Duration::from_micros(rng.next() % 3000));
+                started.elapsed()
+            }
+        };
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        let phase = gateway_systemd::backup::restore::pending(&target)
+            .map_or("none".to_string(), |i| i.phase);
+        let (code, said) = ctl(
+            None,
+            &["restore", "--recover", "--target", target.to_str().unwrap()],
+        );
+        assert_eq!(code, 0, "trial {trial} (seed {seed}): recover: {said}");
+        let now = scopes_of(&target);
+        let outcome = if diff(&expected[next], &now).is_empty() {
+            state = next;
+            "new"
+        } else if diff(&expected[state], &now).is_empty() {
+            "old"
+        } else {
+            panic!(
+                "trial {trial} (seed {seed}, killed after {delay:?} in phase {phase}): neither the old nor the new tree: {:?}",
+                diff(&expected[next], &now).into_iter().take(10).collect::<Vec<_>>()
+            );
+        };
+        let kept = fs::read_to_string(target.join("opt/apigateway/conf/opsdb.d/live.dat"));
+        assert!(
+            kept.as_deref().is_ok_and(|t| t == "live data\n"),
+            "trial {trial} (seed {seed}, killed after {delay:?} in phase {phase}, {outcome}): opsdb.d was not carried over: {kept:?}\n{said}"
+        );
+        assert!(gateway_systemd::backup::restore::pending(&target).is_none());
+        let killed = if status.success() {
+            "finished"
+        } else {
+            "killed"
+        };
+        *tally
+            .entry(format!("{killed} in {phase} -> {outcome}"))
+            .or_default() += 1;
+    }
+    eprintln!("{TRIALS} trials (seed {seed}, a whole restore {full:?}): {tally:?}");
+    // The trials reached the swap itself, not only its edges.
+    let in_swap: u32 = tally
+        .iter()
+        .filter(|(k, _)| k.contains("killed in swapping"))
+        .map(|(_, n)| n)
+        .sum();
+    assert!(in_swap >= 10, "only {in_swap} trials were killed while swapping: {tally:?}");
 }

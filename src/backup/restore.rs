@@ -81,10 +81,12 @@ pub struct Intent {
     pub archive: String,
     /// The staging directories (relative to the target root).
     pub staging: Vec<String>,
-    /// The renames, in order.
-    pub steps: Vec<Step>,
-    /// The renames that undo `steps` (what `--rollback` does once the restore is done).
-    pub undo: Vec<Step>,
+    /// The renames, in order, one group per scope: the carries into the new tree, then the
+    /// swap. A group whose last step (the swap) is done is done whole: the carries moved with
+    /// their tree, so their own paths no longer say anything.
+    pub steps: Vec<Vec<Step>>,
+    /// The groups that undo `steps` (what `--rollback` does once the restore is done).
+    pub undo: Vec<Vec<Step>>,
 }
 
 /// What a restore did, for the operator and `--json`.
@@ -427,9 +429,24 @@ fn perform(target: &Path, step: &Step) -> io::Result<()> {
             from.display(),
             to.display()
         ))
-    })?;
-    for d in [from.parent(), to.parent()].into_iter().flatten() {
-        fs::File::open(d)?.sync_all()?;
+    })
+}
+
+/// Make every rename of `steps` durable: each directory they touched, synced once (before the
+/// intent record goes; until then recovery checks each rename by inode anyway).
+fn sync_dirs(target: &Path, steps: &[Vec<Step>]) -> io::Result<()> {
+    let mut dirs: Vec<PathBuf> = steps
+        .iter()
+        .flatten()
+        .flat_map(|s| [&s.from, &s.to])
+        .filter_map(|p| target.join(p).parent().map(Path::to_path_buf))
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    for d in dirs {
+        if let Ok(f) = fs::File::open(&d) {
+            f.sync_all()?;
+        }
     }
     Ok(())
 }
@@ -671,7 +688,6 @@ pub fn restore(
                     .custom_flags(libc::O_NOFOLLOW)
                     .open(&staged)?;
                 write_sparse(&mut f, data, e.size)?;
-                f.sync_all()?;
                 drop(f);
                 set_meta(&staged, e, owner, kept)?;
                 written += e.size;
@@ -731,6 +747,15 @@ pub fn restore(
     summary.warnings = owners.warned.into_iter().collect();
     lap("extract", &mut seconds, &mut since);
 
+    // Everything staged reaches the disk before anything is swapped: one syncfs per
+    // filesystem instead of an fsync per file.
+    for s in &staging {
+        let dir = target.join(s);
+        fs::File::open(&dir)
+            .and_then(|d| nix::unistd::syncfs(&d).map_err(io::Error::from))
+            .map_err(BackupError::io("cannot sync", &dir))
+            .map_err(abort)?;
+    }
     // Only one restore can be rolled back: the previous one's rollback copies go now that
     // this one is known to be whole.
     if let Some(prev) = fs::read(target.join(LAST))
@@ -764,13 +789,14 @@ pub fn restore(
         }
         match (live_ino, staged_ino) {
             (Some(li), Some(si)) => {
-                steps.extend(carries.iter().cloned());
-                steps.push(Step {
+                let mut group = carries.clone();
+                group.push(Step {
                     op: "exchange".into(),
                     from: staged_rel.clone(),
                     to: l.live.clone(),
                     moves: si,
                 });
+                steps.push(group);
                 // Undo: carry back into what will be the rollback copy, then exchange back.
                 let mut u = carries.clone();
                 u.push(Step {
@@ -782,12 +808,12 @@ pub fn restore(
                 undo.push(u);
             }
             (None, Some(si)) => {
-                steps.push(Step {
+                steps.push(vec![Step {
                     op: "rename".into(),
                     from: staged_rel.clone(),
                     to: l.live.clone(),
                     moves: si,
-                });
+                }]);
                 undo.push(vec![Step {
                     op: "rename".into(),
                     from: l.live.clone(),
@@ -796,12 +822,12 @@ pub fn restore(
                 }]);
             }
             (Some(li), None) => {
-                steps.push(Step {
+                steps.push(vec![Step {
                     op: "rename".into(),
                     from: l.live.clone(),
                     to: staged_rel.clone(),
                     moves: li,
-                });
+                }]);
                 undo.push(vec![Step {
                     op: "rename".into(),
                     from: staged_rel.clone(),
@@ -815,7 +841,7 @@ pub fn restore(
     undo.reverse();
     intent.phase = "swapping".into();
     intent.steps = steps;
-    intent.undo = undo.into_iter().flatten().collect();
+    intent.undo = undo;
     write_json(target, INTENT, &intent).map_err(abort)?;
 
     if let Some(s) = services {
@@ -842,12 +868,19 @@ pub fn restore(
 /// Do the steps of an intent record (each unless done), then record what `--rollback` undoes
 /// and drop the intent.
 fn finish(target: &Path, intent: &Intent, manifest: &[u8]) -> Result<(), BackupError> {
-    for step in &intent.steps {
-        perform(target, step).map_err(BackupError::io(
-            "cannot swap into place",
-            target.join(&step.to),
-        ))?;
+    for group in &intent.steps {
+        let Some(swap) = group.last() else { continue };
+        if ino_of(&target.join(&swap.to)) == Some(swap.moves) {
+            continue;
+        }
+        for step in group {
+            perform(target, step).map_err(BackupError::io(
+                "cannot swap into place",
+                target.join(&step.to),
+            ))?;
+        }
     }
+    sync_dirs(target, &intent.steps).map_err(BackupError::io("cannot sync", target))?;
     if intent.phase == "swapping" {
         let last = Intent {
             phase: "done".into(),
