@@ -944,5 +944,8 @@ fn a_restore_killed_anywhere_ends_old_or_new_after_recover() {
         .filter(|(k, _)| k.contains("killed in swapping"))
         .map(|(_, n)| n)
         .sum();
-    assert!(in_swap >= 10, "only {in_swap} trials were killed while swapping: {tally:?}");
+    assert!(
+        in_swap >= 10,
+        "only {in_swap} trials were killed while swapping: {tally:?}"
+    );
 }

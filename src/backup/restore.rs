@@ -416,6 +416,14 @@ fn perform(target: &Path, step: &Step) -> io::Result<()> {
         "exchange" => nix::fcntl::RenameFlags::RENAME_EXCHANGE,
         _ => nix::fcntl::RenameFlags::RENAME_NOREPLACE,
     };
+    // A staging directory left empty by the restore was removed; a rollback recreates it.
+    if let Some(parent) = to.parent().filter(|p| !p.exists()) {
+        use std::os::unix::fs::DirBuilderExt;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)?;
+    }
     nix::fcntl::renameat2(
         nix::fcntl::AT_FDCWD,
         &from,

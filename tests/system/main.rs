@@ -3,6 +3,7 @@
 //! Without root or systemd-nspawn they are skipped on a workstation, but with `CI=true` a
 //! missing prerequisite fails the run: a green CI means these ran.
 
+mod backup;
 mod boot;
 #[path = "../common/mod.rs"]
 mod common;
@@ -412,6 +413,13 @@ fn main() {
         Trial::test(
             "migrate_initd::apply_and_rollback_never_run_two_copies",
             migrate::apply_and_rollback_never_run_two_copies,
+        )
+        .with_ignored_flag(missing.is_some()),
+    );
+    trials.push(
+        Trial::test(
+            "backup::restore_onto_a_cold_standby_of_another_name",
+            backup::restore_onto_a_cold_standby_of_another_name,
         )
         .with_ignored_flag(missing.is_some()),
     );
