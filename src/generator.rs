@@ -213,7 +213,7 @@ pub fn plan(root: &Root) -> Plan {
         installation.install_dir.display(),
         autostart,
         if held > 0 {
-            format!(", {held} held by config errors: `gatewayctl check-config` lists them")
+            format!(", {held} held: `gatewayctl check-config` says why")
         } else {
             String::new()
         },
@@ -222,7 +222,7 @@ pub fn plan(root: &Root) -> Plan {
             .as_ref()
             .is_some_and(|nm| nm.held.is_some())
         {
-            "held by a config error"
+            "held (`gatewayctl check-config` says why)"
         } else if installation.node_manager.is_some() {
             "yes"
         } else {

@@ -371,7 +371,32 @@ pub fn backup(
     let created_unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
-    let archive = dest.join(archive_name(&inst.host, created_unix));
+    // One backup at a time per destination (a timer's and an operator's may meet).
+    let lock_path = dest.join(".lock");
+    let lock_file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(BackupError::io("cannot open", &lock_path))?;
+    let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|_| {
+            BackupError::Config(format!(
+                "another backup is writing to {} (it holds {}); wait for it",
+                dest.display(),
+                lock_path.display()
+            ))
+        })?;
+    // Two backups in one second get names of their own.
+    let name = archive_name(&inst.host, created_unix);
+    let mut archive = dest.join(&name);
+    let mut n = 1;
+    while archive.exists() {
+        n += 1;
+        let stem = name.trim_end_matches(".tar.zst");
+        archive = dest.join(format!("{stem}-{n}.tar.zst"));
+    }
     let scopes = super::scopes(inst, opts.full, &opts.extra_roots);
     // The destination is never taken (it may sit inside a scope), nor is the manifest's place.
     let mut never = vec![Path::new("/").join(MANIFEST_PATH)];

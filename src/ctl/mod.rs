@@ -576,7 +576,7 @@ pub fn check_config(root: &Root) -> i32 {
         let key = format!("{}/{}", i.group.name, i.name);
         let state = match &i.held {
             Some(reason) => {
-                format!("HELD by the config error at {reason}: not started until it is fixed")
+                format!("HELD by {reason}: not started until that is fixed")
             }
             None if i.settings.autostart => "ok, autostart".to_string(),
             None => "ok, not autostart".to_string(),
@@ -608,7 +608,7 @@ pub fn check_config(root: &Root) -> i32 {
     if let Some(nm) = &inst.node_manager {
         let state = match &nm.held {
             Some(reason) => {
-                format!("HELD by the config error at {reason}: not started until it is fixed")
+                format!("HELD by {reason}: not started until that is fixed")
             }
             None if nm.settings.autostart => "ok, autostart".to_string(),
             None => "ok, not autostart".to_string(),
@@ -864,7 +864,7 @@ fn enable(systemd: &Systemd, inst: &Installation, chosen: &[Named], on: bool) ->
                     .and_then(|l| l.held.as_deref());
                 let effect = match (on, held, target_off) {
                     (false, _, _) => "it will not start with gateway.target (at boot)".to_string(),
-                    (true, Some(reason), _) => format!("but it is held by the config error at {reason}: it starts with gateway.target once that is fixed (`gatewayctl check-config`)"),
+                    (true, Some(reason), _) => format!("but it is held by {reason}: it starts with gateway.target once that is fixed (`gatewayctl check-config`)"),
                     (true, None, true) => format!("but {} itself is not enabled, so nothing starts at boot: `systemctl enable {}`", name::GATEWAY_TARGET, name::GATEWAY_TARGET),
                     (true, None, false) => "it will start with gateway.target (at boot)".to_string(),
                 };

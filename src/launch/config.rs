@@ -23,7 +23,7 @@ pub enum ConfigError {
         unit: String,
     },
     /// The generator held the instance: a config error reaches its settings.
-    #[error("{unit} is held by a config error: {reason}. It starts again once the config is fixed and `systemctl daemon-reload` has run; `gatewayctl check-config` shows every error")]
+    #[error("{unit} is held by {reason}. It starts again once that is fixed and `systemctl daemon-reload` has run; `gatewayctl check-config` says what holds it")]
     Held {
         /// The unit.
         unit: String,

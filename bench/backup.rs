@@ -1,0 +1,257 @@
+//! Benchmark: `gatewayctl backup` against `tar -c | zstd -T0` (same level), and `gatewayctl
+//! restore` (with its verification) against `zstd -d | tar -x`, on a generated installation of
+//! more than 1 GiB (tens of thousands of small files and a few large ones), in the same run.
+//! Targets: backup at least 1.0x the pipeline's throughput while hashing every file; restore at
+//! most 1.2x the plain extraction's time.
+//!
+//! `cargo bench --bench backup` (root, GNU tar and zstd needed); `-- --quick` uses a smaller
+//! tree (the ratios then say less).
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The scopes the pipeline takes: the same as the backup's, for the same bytes.
+const SCOPES: [&str; 4] = [
+    "opt/apigateway/groups",
+    "opt/apigateway/conf",
+    "opt/apigateway/ext",
+    "etc/gateway-systemd",
+];
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// Data that compresses about as a gateway's configuration and jars do: text with repeats,
+/// some noise.
+fn fill(rng: &mut Rng, len: usize) -> Vec<u8> {
+    const WORDS: [&str; 12] = [
+        "<entity type=\"Filter\">",
+        "</entity>",
+        "<fval name=\"name\"><value>",
+        "</value></fval>",
+        "healthcheck",
+        "com.vordel.circuit",
+        "PolicyShortcut",
+        "<key type=\"Circuit\">",
+        "server1",
+        "group1",
+        "ConnectToURL",
+        "\n    ",
+    ];
+    let mut out = Vec::with_capacity(len + 64);
+    while out.len() < len {
+        let r = rng.next();
+        if r % 5 == 0 {
+            out.extend_from_slice(&r.to_le_bytes());
+        } else {
+            out.extend_from_slice(WORDS[(r % 12) as usize].as_bytes());
+        }
+    }
+    out.truncate(len);
+    out
+}
+
+/// The installation: `small` files of 1-48 KiB in instance directories, and three large ones.
+fn generate(root: &Path, small: usize, large_mib: usize) -> u64 {
+    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    let mut total = 0u64;
+    let groups = root.join("opt/apigateway/groups");
+    for k in 0..small {
+        let dir = groups.join(format!(
+            "group-{}/instance-{}/conf/fed/d{}",
+            k % 4,
+            k % 16,
+            k % 64
+        ));
+        if k < 64 * 16 {
+            fs::create_dir_all(&dir).unwrap();
+        }
+        let len = 1024 + (rng.next() % (47 * 1024)) as usize;
+        fs::write(dir.join(format!("entity-{k}.xml")), fill(&mut rng, len)).unwrap();
+        total += len as u64;
+    }
+    for (k, dir) in [
+        "opt/apigateway/ext/lib",
+        "opt/apigateway/conf",
+        "opt/apigateway/groups/group-0/instance-0",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let dir = root.join(dir);
+        fs::create_dir_all(&dir).unwrap();
+        let mut f = fs::File::create(dir.join(format!("large-{k}.bin"))).unwrap();
+        for _ in 0..large_mib {
+            let block = fill(&mut rng, 1 << 20);
+            f.write_all(&block).unwrap();
+            total += block.len() as u64;
+        }
+    }
+    fs::write(
+        groups.join("topology.json"),
+        r#"{"hosts":[{"id":"host-1","name":"bench.example.com"}],"groups":[],"services":[]}"#,
+    )
+    .unwrap();
+    fs::create_dir_all(root.join("etc/gateway-systemd")).unwrap();
+    fs::write(
+        root.join("etc/gateway-systemd/gateway.toml"),
+        "host = \"bench.example.com\"\n",
+    )
+    .unwrap();
+    fs::create_dir_all(root.join("proc/sys/kernel")).unwrap();
+    fs::write(root.join("proc/sys/kernel/hostname"), "bench.example.com\n").unwrap();
+    total
+}
+
+fn timed(what: &str, mut cmd: Command) -> Duration {
+    let started = Instant::now();
+    let out = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    took
+}
+
+fn sh(script: &str) -> Command {
+    let mut c = Command::new("sh");
+    c.args(["-c", script]);
+    c
+}
+
+fn only(dir: &Path, ext: &str) -> PathBuf {
+    fs::read_dir(dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(ext))
+        .unwrap()
+}
+
+fn mib_s(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / (1 << 20) as f64 / d.as_secs_f64()
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("backup benchmark: needs root (restore sets owners)");
+        std::process::exit(1);
+    }
+    let gatewayctl = env!("CARGO_BIN_EXE_gatewayctl");
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let root = dir.path().join("root");
+    let (small, large) = if quick { (4_000, 20) } else { (40_000, 150) };
+    let bytes = generate(&root, small, large);
+    println!(
+        "tree: {small} small files and 3 large ones, {:.0} MiB",
+        bytes as f64 / (1 << 20) as f64
+    );
+    // Both read from the page cache.
+    let _ = sh(&format!(
+        "cat $(find {} -type f) > /dev/null",
+        root.display()
+    ))
+    .status();
+    let rounds = if quick { 1 } else { 3 };
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    let (mut ours_r, mut theirs_r, mut theirs_rs) = (Vec::new(), Vec::new(), Vec::new());
+    let mut sizes = (0, 0);
+    for round in 0..rounds {
+        let out = dir.path().join(format!("ours-{round}"));
+        let mut c = Command::new(gatewayctl);
+        c.args(["backup", "--to"])
+            .arg(&out)
+            .env("GATEWAY_SYSTEMD_ROOT", &root);
+        ours.push(timed("gatewayctl backup", c));
+        let archive = only(&out, ".tar.zst");
+        let pipeline = dir.path().join(format!("tar-{round}.tar.zst"));
+        theirs.push(timed(
+            "tar | zstd",
+            sh(&format!(
+                "tar -C {} -cf - {} | zstd -q -3 -T0 -o {}",
+                root.display(),
+                SCOPES.join(" "),
+                pipeline.display()
+            )),
+        ));
+        sizes = (
+            fs::metadata(&archive).unwrap().len(),
+            fs::metadata(&pipeline).unwrap().len(),
+        );
+        let target = dir.path().join(format!("restored-{round}"));
+        fs::create_dir_all(&target).unwrap();
+        let mut c = Command::new(gatewayctl);
+        c.args(["restore"])
+            .arg(&archive)
+            .arg("--target")
+            .arg(&target);
+        ours_r.push(timed("gatewayctl restore", c));
+        let plain = dir.path().join(format!("plain-{round}"));
+        fs::create_dir_all(&plain).unwrap();
+        theirs_r.push(timed(
+            "zstd -d | tar -x",
+            sh(&format!(
+                "zstd -q -dc {} | tar -C {} -xpf -",
+                pipeline.display(),
+                plain.display()
+            )),
+        ));
+        // The same extraction made durable, as restore's is before it swaps anything in.
+        let plain2 = dir.path().join(format!("plain-sync-{round}"));
+        fs::create_dir_all(&plain2).unwrap();
+        theirs_rs.push(timed(
+            "zstd -d | tar -x; sync",
+            sh(&format!(
+                "zstd -q -dc {} | tar -C {} -xpf - && sync -f {}",
+                pipeline.display(),
+                plain2.display(),
+                plain2.display()
+            )),
+        ));
+        for p in [out, pipeline, target, plain, plain2] {
+            let _ = fs::remove_dir_all(&p);
+            let _ = fs::remove_file(&p);
+        }
+    }
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let (b_ours, b_theirs) = (median(ours), median(theirs));
+    let (r_ours, r_theirs, r_theirs_sync) = (median(ours_r), median(theirs_r), median(theirs_rs));
+    println!(
+        "backup:  gatewayctl {:.2}s ({:.0} MiB/s, archive {:.0} MiB) | tar | zstd -3 -T0 {:.2}s ({:.0} MiB/s, {:.0} MiB) | throughput ratio {:.2}x (target >= 1.0x)",
+        b_ours.as_secs_f64(),
+        mib_s(bytes, b_ours),
+        sizes.0 as f64 / (1 << 20) as f64,
+        b_theirs.as_secs_f64(),
+        mib_s(bytes, b_theirs),
+        sizes.1 as f64 / (1 << 20) as f64,
+        b_theirs.as_secs_f64() / b_ours.as_secs_f64()
+    );
+    println!(
+        "restore: gatewayctl {:.2}s (verified, staged, synced, swapped) | zstd -d | tar -x {:.2}s | with sync {:.2}s | time ratio {:.2}x (target <= 1.2x), {:.2}x against the synced extraction",
+        r_ours.as_secs_f64(),
+        r_theirs.as_secs_f64(),
+        r_theirs_sync.as_secs_f64(),
+        r_ours.as_secs_f64() / r_theirs.as_secs_f64(),
+        r_ours.as_secs_f64() / r_theirs_sync.as_secs_f64()
+    );
+}
