@@ -505,17 +505,20 @@ fn set_meta(path: &Path, e: &Entry, owner: (u32, u32), kept_owner: bool) -> io::
     .map_err(io::Error::from)
 }
 
-/// Write a file's data, keeping runs of zeros as holes (a sparse file stays sparse).
+/// Write a file's data, keeping runs of zeros as holes (a sparse file stays sparse). Only a
+/// file that ends in a hole is extended with `ftruncate`: on ext4 a truncate of a new file
+/// makes its close wait for the data (auto_da_alloc), which a restore of many files must not.
 fn write_sparse(file: &mut fs::File, data: &mut dyn Read, size: u64) -> io::Result<()> {
     let mut buf = vec![0u8; 1 << 20];
-    let mut at = 0u64;
+    let (mut at, mut ends_in_hole) = (0u64, false);
     loop {
         let n = data.read(&mut buf)?;
         if n == 0 {
             break;
         }
         for chunk in buf[..n].chunks(64 * 1024) {
-            if chunk.iter().all(|b| *b == 0) {
+            ends_in_hole = chunk.iter().all(|b| *b == 0);
+            if ends_in_hole {
                 file.seek(io::SeekFrom::Current(chunk.len() as i64))?;
             } else {
                 file.write_all(chunk)?;
@@ -526,7 +529,10 @@ fn write_sparse(file: &mut fs::File, data: &mut dyn Read, size: u64) -> io::Resu
     if at != size {
         return Err(io::Error::other(format!("{at} bytes instead of {size}")));
     }
-    file.set_len(size)
+    if ends_in_hole {
+        file.set_len(size)?;
+    }
+    Ok(())
 }
 
 /// A unique id for this restore's staging directories.
