@@ -573,6 +573,21 @@ fn hostile_cases(dir: &Path, outside: &Path) -> Vec<(&'static str, PathBuf)> {
     let extra = entry(&format!("{GROUPS}/extra"), Kind::File, b"x", None);
     let b = [body.clone(), honest(&extra, b"x")].concat();
     add("not-in-manifest", manifest_of(es.clone()), b, None);
+    // A scope no backup takes: the manifest must not be able to name what to replace.
+    let shadow = entry("etc/shadow", Kind::File, b"root::0:0:99999:7:::\n", None);
+    let mut m = manifest_of([es.clone(), vec![shadow.clone()]].concat());
+    m.scopes.push(ScopeRecord {
+        name: "groups".into(),
+        path: "etc/shadow".into(),
+        kind: "file".into(),
+        prefixes: vec![],
+        exclude: vec![],
+    });
+    let b = [body.clone(), honest(&shadow, b"root::0:0:99999:7:::\n")].concat();
+    add("foreign-scope", m, b, None);
+    // A scope's top as a link: later writes into it would follow it.
+    let top = entry(GROUPS, Kind::Symlink, b"", Some(&out));
+    add("scope-top-link", manifest_of(vec![top.clone()]), honest(&top, b""), None);
     // A listed entry missing from the archive.
     let mut m = es.clone();
     m.push(entry(&format!("{GROUPS}/gone"), Kind::File, b"x", None));
@@ -705,7 +720,7 @@ fn hostile_archives_are_refused_with_nothing_changed() {
             ));
         }
     }
-    assert!(cases.len() >= 17, "{} cases", cases.len());
+    assert!(cases.len() >= 20, "{} cases", cases.len());
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 

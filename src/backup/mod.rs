@@ -9,7 +9,7 @@ pub mod verify;
 mod write;
 
 pub use manifest::{Entry, Kind, Manifest, MANIFEST_PATH};
-pub use scope::{scopes, Scope, ScopeKind};
+pub use scope::{scopes, scopes_of, Scope, ScopeKind};
 pub use write::{backup, BackupOptions, BackupSummary};
 
 use std::path::PathBuf;

@@ -167,18 +167,62 @@ struct Landing {
 /// Check every entry of a manifest as restore would (paths, scopes, directories, links):
 /// Err names the first entry refused and why. Verify reports the same as damage.
 pub fn check_manifest(m: &Manifest) -> Result<(), String> {
-    plan(m, None).map(|_| ())
+    plan(m, None, None).map(|_| ())
+}
+
+/// Every scope must be one a backup of the manifest's installation takes, exactly (path, kind,
+/// prefixes, exclusions): the manifest says what to replace, and it must not be able to name
+/// anything else. Extra roots must be among `allowed` (the restoring host's `[backup]
+/// extra_roots`), or any plain path when `allowed` is None (verify's structural check).
+fn check_scopes(m: &Manifest, allowed: Option<&[String]>) -> Result<(), String> {
+    if !is_normal(&m.install_dir) {
+        return Err(format!(
+            "install_dir {:?} is not a plain path",
+            m.install_dir
+        ));
+    }
+    let known: Vec<ScopeRecord> = super::scopes_of(&Path::new("/").join(&m.install_dir), true, &[])
+        .iter()
+        .map(super::write::scope_record)
+        .collect();
+    for s in &m.scopes {
+        if known.contains(s) {
+            continue;
+        }
+        let extra = s.name == "extra-root"
+            && s.kind == "tree"
+            && s.prefixes.is_empty()
+            && s.exclude.is_empty()
+            && is_normal(&s.path);
+        let allowed_here = allowed.is_none_or(|a| a.contains(&s.path));
+        match (extra, allowed_here) {
+            (true, true) => {}
+            (true, false) => {
+                return Err(format!(
+                    "extra root /{} is not in this host's [backup] extra_roots; add it there to restore it",
+                    s.path
+                ))
+            }
+            (false, _) => {
+                return Err(format!(
+                    "scope {} ({} {}) is not one a backup of /{} takes",
+                    s.name, s.kind, s.path, m.install_dir
+                ))
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Check every entry of the manifest (step 1) and work out where each scope lands (with the
 /// live entries of `target` its matching scopes would replace). Err names the first entry
 /// refused and why.
-fn plan(m: &Manifest, target: Option<&Path>) -> Result<Vec<Landing>, String> {
-    for s in &m.scopes {
-        if !is_normal(&s.path) {
-            return Err(format!("scope {} has the path {:?}", s.name, s.path));
-        }
-    }
+fn plan(
+    m: &Manifest,
+    target: Option<&Path>,
+    allowed_extra: Option<&[String]>,
+) -> Result<Vec<Landing>, String> {
+    check_scopes(m, allowed_extra)?;
     let mut seen = HashSet::new();
     let by_path: HashMap<&str, &Entry> = m.entries.iter().map(|e| (e.path.as_str(), e)).collect();
     let mut landings: Vec<Landing> = Vec::new();
@@ -220,6 +264,15 @@ fn plan(m: &Manifest, target: Option<&Path>) -> Result<Vec<Landing>, String> {
         let Some((scope, live)) = landing else {
             return Err(format!("{}: outside every scope of the archive", e.path));
         };
+        // A tree lands as a directory: never a link that later writes would follow.
+        if scope.kind == "tree" && e.path == live && e.kind != Kind::Dir {
+            return Err(format!(
+                "{}: the top of scope {} is a {}, not a directory",
+                e.path,
+                scope.name,
+                e.kind.word()
+            ));
+        }
         if scope
             .exclude
             .iter()
@@ -338,67 +391,55 @@ impl Owners {
         }
     }
 
-    fn resolve(&mut self, e: &Entry) -> (u32, u32) {
+    /// The owner ids here for an entry, and whether they are its archived owner (a name known
+    /// here with the same id, or only an id): set-id bits are kept only then.
+    fn resolve(&mut self, e: &Entry) -> (u32, u32, bool) {
         if self.numeric {
-            return (e.uid, e.gid);
+            return (e.uid, e.gid, true);
         }
-        let uid = match &e.user {
-            Some(name) => {
-                let local = self.users.get(name).copied().or_else(|| {
-                    self.this_host
-                        .then(|| nix::unistd::User::from_name(name).ok().flatten())
-                        .flatten()
-                        .map(|u| u.uid.as_raw())
-                });
-                match local {
-                    Some(id) if id != e.uid => {
-                        self.warned.insert(format!(
-                            "user {name} is {id} here and was {} on the archived host: files get {id}",
-                            e.uid
-                        ));
-                        id
-                    }
-                    Some(id) => id,
-                    None => {
-                        self.warned.insert(format!(
-                            "user {name} does not exist here: its files keep id {}",
-                            e.uid
-                        ));
-                        e.uid
-                    }
-                }
-            }
-            None => e.uid,
+        let (uid, user_kept) = self.one("user", e.user.as_deref(), e.uid);
+        let (gid, group_kept) = self.one("group", e.group.as_deref(), e.gid);
+        (uid, gid, user_kept && group_kept)
+    }
+
+    fn one(&mut self, what: &str, name: Option<&str>, archived: u32) -> (u32, bool) {
+        let Some(name) = name else {
+            return (archived, true);
         };
-        let gid = match &e.group {
-            Some(name) => {
-                let local = self.groups.get(name).copied().or_else(|| {
-                    self.this_host
-                        .then(|| nix::unistd::Group::from_name(name).ok().flatten())
-                        .flatten()
-                        .map(|g| g.gid.as_raw())
-                });
-                match local {
-                    Some(id) if id != e.gid => {
-                        self.warned.insert(format!(
-                            "group {name} is {id} here and was {} on the archived host: files get {id}",
-                            e.gid
-                        ));
-                        id
-                    }
-                    Some(id) => id,
-                    None => {
-                        self.warned.insert(format!(
-                            "group {name} does not exist here: its files keep id {}",
-                            e.gid
-                        ));
-                        e.gid
-                    }
-                }
-            }
-            None => e.gid,
+        let table = match what {
+            "user" => &self.users,
+            _ => &self.groups,
         };
-        (uid, gid)
+        let local = table.get(name).copied().or_else(|| {
+            if !self.this_host {
+                return None;
+            }
+            match what {
+                "user" => nix::unistd::User::from_name(name)
+                    .ok()
+                    .flatten()
+                    .map(|u| u.uid.as_raw()),
+                _ => nix::unistd::Group::from_name(name)
+                    .ok()
+                    .flatten()
+                    .map(|g| g.gid.as_raw()),
+            }
+        });
+        match local {
+            Some(id) if id != archived => {
+                self.warned.insert(format!(
+                    "{what} {name} is {id} here and was {archived} on the archived host: files get {id}"
+                ));
+                (id, true)
+            }
+            Some(id) => (id, true),
+            None => {
+                self.warned.insert(format!(
+                    "{what} {name} does not exist here: its files keep id {archived}, without set-id bits"
+                ));
+                (archived, false)
+            }
+        }
     }
 }
 
@@ -440,6 +481,39 @@ fn perform(target: &Path, step: &Step) -> io::Result<()> {
     })
 }
 
+/// Whether every rename of `groups` can be done: its source exists (unless its group is done
+/// already), on the same filesystem as its destination, and is not a mount point.
+fn precheck(target: &Path, groups: &[Vec<Step>]) -> Result<(), String> {
+    for group in groups {
+        let Some(swap) = group.last() else { continue };
+        if ino_of(&target.join(&swap.to)) == Some(swap.moves) {
+            continue;
+        }
+        for step in group {
+            let from = target.join(&step.from);
+            let to = target.join(&step.to);
+            let here = fs::symlink_metadata(&from)
+                .map_err(|e| format!("{} cannot be moved: {e}", from.display()))?;
+            let dev_of = |p: Option<&Path>| p.and_then(|p| fs::metadata(p).ok()).map(|m| m.dev());
+            if !here.file_type().is_symlink() && dev_of(from.parent()) != Some(here.dev()) {
+                return Err(format!(
+                    "{} is a mount point: restore cannot swap it; unmount it, or restore with --target into an image",
+                    from.display()
+                ));
+            }
+            let to_dev = dev_of(to.parent()).or_else(|| dev_of(to.parent().and_then(Path::parent)));
+            if to_dev.is_some_and(|d| d != here.dev()) {
+                return Err(format!(
+                    "{} and {} are on different filesystems: they cannot be swapped",
+                    from.display(),
+                    to.display()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Make every rename of `steps` durable: each directory they touched, synced once (before the
 /// intent record goes; until then recovery checks each rename by inode anyway).
 fn sync_dirs(target: &Path, steps: &[Vec<Step>]) -> io::Result<()> {
@@ -472,6 +546,39 @@ fn write_json<T: Serialize>(target: &Path, rel: &str, value: &T) -> Result<(), B
     let text = serde_json::to_string_pretty(value).unwrap_or_default() + "\n";
     install::write_atomic(&path, text.as_bytes(), 0o600)
         .map_err(BackupError::io("cannot write", &path))
+}
+
+/// Hold the restore lock of a target (one restore, recovery or rollback at a time) for as long
+/// as the returned lock lives.
+pub fn lock(target: &Path) -> Result<nix::fcntl::Flock<fs::File>, BackupError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = target.join(RESTORE_DIR);
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(BackupError::io("cannot create", &dir))?;
+    let path = dir.join(".lock");
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(BackupError::io("cannot open", &path))?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|_| {
+        BackupError::Config(format!(
+            "another restore, recovery or rollback is running on {} (it holds {})",
+            target.display(),
+            path.display()
+        ))
+    })
+}
+
+/// Whether an unfinished restore or rollback is renaming trees (what holds the gateways:
+/// while it only extracts, nothing has changed yet).
+pub fn swapping(target: &Path) -> Option<Intent> {
+    pending(target).filter(|i| i.phase != "staging")
 }
 
 /// Read the intent record of an unfinished restore, if any.
@@ -535,6 +642,19 @@ fn write_sparse(file: &mut fs::File, data: &mut dyn Read, size: u64) -> io::Resu
     Ok(())
 }
 
+/// The archive's side of an extraction: whether reading it failed (damage), as opposed to
+/// writing the target (a full or read-only disk).
+struct Watched<'a> {
+    inner: &'a mut dyn Read,
+    failed: bool,
+}
+
+impl Read for Watched<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf).inspect_err(|_| self.failed = true)
+    }
+}
+
 /// A unique id for this restore's staging directories.
 fn restore_id() -> String {
     let now = std::time::SystemTime::now()
@@ -573,7 +693,54 @@ pub fn restore(
     }
     // 1. The manifest, checked before anything else.
     let manifest = super::verify::read_manifest_only(archive)?;
-    let landings = plan(&manifest, Some(target)).map_err(|d| refused(archive, d))?;
+    let (config, _) = install::load_config(&install::Root::new(target));
+    let install_dir = config
+        .install_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(install::DEFAULT_INSTALL_DIR));
+    let here = install_dir.strip_prefix("/").unwrap_or(&install_dir);
+    if Path::new(&manifest.install_dir) != here {
+        return Err(refused(
+            archive,
+            format!(
+                "it holds an installation in /{}, and this host's is {} (install_dir in /etc/gateway-systemd/gateway.toml); set install_dir to /{} first to restore it there",
+                manifest.install_dir,
+                install_dir.display(),
+                manifest.install_dir
+            ),
+        ));
+    }
+    let extra: Vec<String> = config
+        .backup
+        .extra_roots
+        .iter()
+        .flatten()
+        .map(|p| p.strip_prefix("/").unwrap_or(p).display().to_string())
+        .collect();
+    let landings = plan(&manifest, Some(target), Some(&extra)).map_err(|d| refused(archive, d))?;
+    // Under another root (a standby's image), a link on the way to a landing point would take
+    // the rename outside it: refused. On this host its own links are its layout.
+    if target != Path::new("/") {
+        for l in &landings {
+            let mut at = target.to_path_buf();
+            for c in Path::new(&l.live)
+                .parent()
+                .unwrap_or(Path::new(""))
+                .components()
+            {
+                at.push(c);
+                if fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_symlink()) {
+                    return Err(refused(
+                        archive,
+                        format!(
+                            "{} is a symbolic link under the target; restore does not follow it",
+                            at.display()
+                        ),
+                    ));
+                }
+            }
+        }
+    }
     if let Some(host) = &opts.as_host {
         if host.is_empty()
             || host.contains(|c: char| c.is_control() || c.is_whitespace() || c == '"')
@@ -678,41 +845,63 @@ pub fn restore(
     let mut owners = Owners::new(target, opts.numeric_ids);
     let mut dirs: Vec<(PathBuf, Entry, (u32, u32), bool)> = Vec::new();
     let mut written = 0u64;
+    let mut write_failure: Option<String> = None;
     let read = super::verify::read(archive, true, &mut |e: &Entry, data: &mut dyn Read| {
         let l = landing_of(&e.path).ok_or_else(|| io::Error::other("outside every scope"))?;
         let rest = &e.path[l.live.len()..];
         let staged = target.join(format!("{}{rest}", staged_of(&l.live)));
-        let owner = owners.resolve(e);
-        let kept = owner == (e.uid, e.gid);
-        match e.kind {
-            Kind::Dir => {
-                use std::os::unix::fs::DirBuilderExt;
-                fs::DirBuilder::new().mode(0o700).create(&staged)?;
-                dirs.push((staged, e.clone(), owner, kept));
+        let (uid, gid, kept) = owners.resolve(e);
+        let owner = (uid, gid);
+        let mut from_archive = Watched {
+            inner: data,
+            failed: false,
+        };
+        let done = (|| -> io::Result<()> {
+            match e.kind {
+                Kind::Dir => {
+                    use std::os::unix::fs::DirBuilderExt;
+                    fs::DirBuilder::new().mode(0o700).create(&staged)?;
+                    dirs.push((staged.clone(), e.clone(), owner, kept));
+                }
+                Kind::Symlink => {
+                    std::os::unix::fs::symlink(e.link.as_deref().unwrap_or_default(), &staged)?;
+                    set_meta(&staged, e, owner, kept)?;
+                }
+                Kind::File => {
+                    let mut f = fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .custom_flags(libc::O_NOFOLLOW)
+                        .open(&staged)?;
+                    write_sparse(&mut f, &mut from_archive, e.size)?;
+                    drop(f);
+                    set_meta(&staged, e, owner, kept)?;
+                    written += e.size;
+                }
             }
-            Kind::Symlink => {
-                std::os::unix::fs::symlink(e.link.as_deref().unwrap_or_default(), &staged)?;
-                set_meta(&staged, e, owner, kept)?;
-            }
-            Kind::File => {
-                let mut f = fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(&staged)?;
-                write_sparse(&mut f, data, e.size)?;
-                drop(f);
-                set_meta(&staged, e, owner, kept)?;
-                written += e.size;
+            Ok(())
+        })();
+        if let Err(err) = &done {
+            if !from_archive.failed {
+                write_failure = Some(format!("{}: {err}", staged.display()));
             }
         }
-        Ok(())
+        done
     });
     let problems = match read {
         Ok((_, _, problems)) => problems,
+        Err(super::verify::ReadError::CannotRead(why)) => {
+            return Err(abort(BackupError::CannotRead(why)))
+        }
         Err(e) => vec![e.to_string()],
     };
+    if let Some(failed) = write_failure.take() {
+        // The target could not take it (full, read-only, permissions): the archive is fine.
+        return Err(abort(BackupError::Config(format!(
+            "cannot write {failed}; nothing was changed"
+        ))));
+    }
     if let Some(p) = problems.first() {
         return Err(abort(refused(archive, p.clone())));
     }
@@ -770,15 +959,12 @@ pub fn restore(
             .map_err(BackupError::io("cannot sync", &dir))
             .map_err(abort)?;
     }
-    // Only one restore can be rolled back: the previous one's rollback copies go now that
-    // this one is known to be whole.
-    if let Some(prev) = fs::read(target.join(LAST))
+    // Only one restore can be rolled back: the previous one's rollback copies go once this
+    // one is done (its record first, so that a crash in between never leaves a record of
+    // half-deleted copies).
+    let previous: Option<Intent> = fs::read(target.join(LAST))
         .ok()
-        .and_then(|b| serde_json::from_slice::<Intent>(&b).ok())
-    {
-        remove_staging(target, &prev.staging);
-        let _ = fs::remove_file(target.join(LAST));
-    }
+        .and_then(|b| serde_json::from_slice(&b).ok());
 
     // 3. The renames, recorded before the first one.
     let mut steps = Vec::new();
@@ -853,22 +1039,28 @@ pub fn restore(
         }
     }
     undo.reverse();
+    // Every rename must be possible before the first is done: a swap that cannot finish
+    // could never be left.
+    precheck(target, &steps)
+        .map_err(|d| abort(BackupError::Config(format!("{d}; nothing was changed"))))?;
+    // The gateways stop (drained) before the intent says "swapping": a recovery never swaps
+    // under running gateways.
+    if let Some(s) = services {
+        summary.stopped = s.stop_all().map_err(|e| {
+            abort(BackupError::Config(format!(
+                "cannot stop the gateways: {e}; nothing was changed (start what was stopped with `systemctl start gateway.target`)"
+            )))
+        })?;
+    }
+    lap("stop", &mut seconds, &mut since);
     intent.phase = "swapping".into();
     intent.steps = steps;
     intent.undo = undo;
     write_json(target, INTENT, &intent).map_err(abort)?;
-
-    if let Some(s) = services {
-        summary.stopped = s.stop_all().map_err(|e| {
-            let _ = fs::remove_file(target.join(INTENT));
-            remove_staging(target, &staging);
-            BackupError::Config(format!(
-                "cannot stop the gateways: {e}; nothing was changed"
-            ))
-        })?;
-    }
-    lap("stop", &mut seconds, &mut since);
     finish(target, &intent, &manifest.to_bytes())?;
+    if let Some(prev) = previous {
+        remove_staging(target, &prev.staging);
+    }
     lap("swap", &mut seconds, &mut since);
     if let Some(s) = services {
         s.reload_and_start()
@@ -918,6 +1110,17 @@ fn finish(target: &Path, intent: &Intent, manifest: &[u8]) -> Result<(), BackupE
         .map_err(BackupError::io("cannot sync", target.join(RESTORE_DIR)))
 }
 
+/// Stop the gateways before renames under them (the interrupted run may not have).
+fn stop(services: Option<&dyn Services>) -> Result<(), BackupError> {
+    match services {
+        Some(s) => s
+            .stop_all()
+            .map(|_| ())
+            .map_err(|e| BackupError::Config(format!("cannot stop the gateways: {e}"))),
+        None => Ok(()),
+    }
+}
+
 /// `gatewayctl restore --recover`: finish an interrupted restore or rollback (its renames are
 /// all planned and their trees complete), or, interrupted while extracting, remove what it
 /// staged. Ok(what was done), or Ok(None) when nothing was pending.
@@ -939,6 +1142,7 @@ pub fn recover(
             )
         }
         "swapping" => {
+            stop(services)?;
             let manifest = fs::read(target.join(MANIFEST_PATH)).unwrap_or_default();
             let manifest = match super::verify::read_manifest_only(Path::new(&intent.archive)) {
                 Ok(m) => m.to_bytes(),
@@ -948,6 +1152,7 @@ pub fn recover(
             format!("the restore of {} was finished", intent.archive)
         }
         _ => {
+            stop(services)?;
             finish(target, &intent, &[])?;
             format!(
                 "the rollback of the restore of {} was finished",
@@ -985,10 +1190,16 @@ pub fn rollback(target: &Path, services: Option<&dyn Services>) -> Result<String
         undo: Vec::new(),
         ..last.clone()
     };
-    write_json(target, INTENT, &intent)?;
+    precheck(target, &intent.steps)
+        .map_err(|d| BackupError::Config(format!("cannot roll back: {d}; nothing was changed")))?;
     if let Some(s) = services {
-        s.stop_all().map_err(BackupError::Config)?;
+        s.stop_all().map_err(|e| {
+            BackupError::Config(format!(
+                "cannot stop the gateways: {e}; nothing was rolled back (start what was stopped with `systemctl start gateway.target`)"
+            ))
+        })?;
     }
+    write_json(target, INTENT, &intent)?;
     finish(target, &intent, &[])?;
     if let Some(s) = services {
         s.reload_and_start().map_err(BackupError::Config)?;

@@ -45,7 +45,11 @@ const ETC_SYSTEMD: &str = "/etc/systemd/system";
 
 /// The scopes of a backup of `inst`, in archive order.
 pub fn scopes(inst: &Installation, full: bool, extra_roots: &[PathBuf]) -> Vec<Scope> {
-    let install = &inst.install_dir;
+    scopes_of(&inst.install_dir, full, extra_roots)
+}
+
+/// The scopes of a backup of the installation in `install` (logical, absolute).
+pub fn scopes_of(install: &Path, full: bool, extra_roots: &[PathBuf]) -> Vec<Scope> {
     let mut s = vec![
         Scope::tree("groups", install.join("groups")),
         Scope {

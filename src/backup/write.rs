@@ -99,6 +99,20 @@ fn walk(root: &Root, scopes: &[Scope], never: &[PathBuf]) -> (Vec<Found>, Vec<St
             }
         };
         for start in starts {
+            // A tree whose top is a link would be restored as a link, and nothing under it:
+            // say so instead of writing an archive that silently lacks it.
+            if scope.kind == ScopeKind::Tree
+                && fs::symlink_metadata(root.real(&start)).is_ok_and(|m| m.file_type().is_symlink())
+            {
+                let to = fs::read_link(root.real(&start)).unwrap_or_default();
+                skipped.push(format!(
+                    "{}: a symbolic link to {}, not a directory: its contents are not taken; list {} in [backup] extra_roots to take them",
+                    start.display(),
+                    to.display(),
+                    to.display()
+                ));
+                continue;
+            }
             walk_tree(root, &start, &never, &mut found, &mut skipped);
         }
     }
@@ -558,29 +572,15 @@ pub fn backup(
             .unwrap_or(&inst.install_dir)
             .display()
             .to_string(),
-        scopes: scopes
-            .iter()
-            .map(|s| {
-                let rel = |p: &Path| p.strip_prefix("/").unwrap_or(p).display().to_string();
-                ScopeRecord {
-                    name: s.name.to_string(),
-                    path: rel(&s.path),
-                    kind: match &s.kind {
-                        ScopeKind::Tree => "tree",
-                        ScopeKind::File => "file",
-                        ScopeKind::Matching(_) => "matching",
-                    }
-                    .to_string(),
-                    prefixes: match &s.kind {
-                        ScopeKind::Matching(p) => p.iter().map(|p| p.to_string()).collect(),
-                        _ => Vec::new(),
-                    },
-                    exclude: s.exclude.iter().map(|p| rel(p)).collect(),
-                }
-            })
-            .collect(),
+        scopes: scopes.iter().map(scope_record).collect(),
         entries,
     };
+    // Never an archive that restore would refuse (overlapping extra roots, say).
+    super::restore::check_manifest(&manifest).map_err(|why| {
+        BackupError::Config(format!(
+            "the archive could not be restored ({why}); check [backup] extra_roots"
+        ))
+    })?;
     let manifest_bytes = manifest.to_bytes();
     let manifest_sha = manifest::sha256_hex(&manifest_bytes);
     let frame = manifest_frame(&manifest_bytes, created_unix)
@@ -661,6 +661,26 @@ pub fn backup(
         skipped,
         changed,
     })
+}
+
+/// How the manifest records a scope.
+pub(crate) fn scope_record(s: &Scope) -> ScopeRecord {
+    let rel = |p: &Path| p.strip_prefix("/").unwrap_or(p).display().to_string();
+    ScopeRecord {
+        name: s.name.to_string(),
+        path: rel(&s.path),
+        kind: match &s.kind {
+            ScopeKind::Tree => "tree",
+            ScopeKind::File => "file",
+            ScopeKind::Matching(_) => "matching",
+        }
+        .to_string(),
+        prefixes: match &s.kind {
+            ScopeKind::Matching(p) => p.iter().map(|p| p.to_string()).collect(),
+            _ => Vec::new(),
+        },
+        exclude: s.exclude.iter().map(|p| rel(p)).collect(),
+    }
 }
 
 /// The manifest as a tar member (header, data, padding; no end-of-archive blocks) in a zstd

@@ -21,6 +21,10 @@ fn root() -> Root {
 pub fn backup_command(full: bool, to: Option<PathBuf>, json: bool) -> i32 {
     let root = root();
     let (config, inst, _) = install::load_with_config(&root);
+    if let Some(i) = backup::restore::pending(&root.real(Path::new("/"))) {
+        eprintln!("gatewayctl: a restore of {} is unfinished: its trees are half old, half new; run `gatewayctl restore --recover` first", i.archive);
+        return exit::FAILED;
+    }
     if let Some(e) = &config.broken_backup {
         eprintln!("gatewayctl: {e}");
         return exit::FAILED;
@@ -155,7 +159,9 @@ struct LiveServices(crate::systemd::Systemd);
 
 impl backup::restore::Services for LiveServices {
     fn stop_all(&self) -> Result<Vec<String>, String> {
-        let units = self.0.gateway_units().map_err(|e| e.to_string())?;
+        // The instances and the Node Manager: both read what the restore replaces.
+        let mut units = self.0.gateway_units().map_err(|e| e.to_string())?;
+        units.push(crate::units::name::NODE_MANAGER_UNIT.to_string());
         let mut stopped = Vec::new();
         for u in units {
             let running = self.0.status(&u).is_ok_and(|s| {
@@ -201,6 +207,14 @@ pub fn restore_command(args: RestoreArgs) -> i32 {
     let services = systemd
         .as_ref()
         .map(|s| s as &dyn backup::restore::Services);
+    // One restore, recovery or rollback at a time on a target.
+    let _lock = match backup::restore::lock(&target) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("gatewayctl: {e}");
+            return exit::FAILED;
+        }
+    };
     if args.recover {
         return match backup::restore::recover(&target, services) {
             Ok(Some(done)) => {

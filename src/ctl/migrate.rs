@@ -537,6 +537,25 @@ fn running(systemd: &Systemd, unit: &str) -> Result<bool, String> {
         .map_err(|e| e.to_string())
 }
 
+/// Whether [`ROLLBACK_CONFIG`] can be changed safely (absent, or TOML).
+fn check_rollback_config(root: &Root) -> Result<(), MigrateError> {
+    let path = root.real(Path::new(ROLLBACK_CONFIG));
+    match fs::read_to_string(&path) {
+        Ok(text) => text
+            .parse::<toml::Table>()
+            .map(|_| ())
+            .map_err(|e| MigrateError::Config {
+                path,
+                detail: format!(
+                    "not valid TOML ({}), so it cannot be changed safely",
+                    e.message()
+                ),
+            }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err("cannot read", &path)(e)),
+    }
+}
+
 /// Leave what `saved` starts to its script (`legacy_initd = true` in [`ROLLBACK_CONFIG`]) or
 /// take that setting away, keeping everything else the file says: it is read whole, changed
 /// and written back whole (atomically), or removed once it says nothing.
@@ -667,10 +686,12 @@ impl Migration<'_> {
             }
         }
 
-        remove_original(root, &saved).map_err(|e| restart_legacy(e.to_string()))?;
+        // Recorded as moved before it is: a crash in between leaves a script that rollback
+        // finds identical to its copy and puts back harmlessly.
         self.manifest.scripts[k].moved = true;
-        let moved = self
-            .save_manifest()
+        self.save_manifest().map_err(&restart_legacy)?;
+        remove_original(root, &saved).map_err(|e| restart_legacy(e.to_string()))?;
+        let moved = Ok(())
             .and_then(|_| {
                 systemd
                     .mask_files(&[&saved.legacy_unit], true)
@@ -883,6 +904,17 @@ fn report(e: &SystemdError) -> i32 {
     }
 }
 
+/// Refuse while a restore is unfinished: its trees are half old, half new.
+fn restore_unfinished(root: &Root) -> bool {
+    match crate::backup::restore::pending(&root.real(Path::new("/"))) {
+        Some(i) => {
+            eprintln!("gatewayctl: a restore of {} is unfinished: run `gatewayctl restore --recover` first; nothing was changed", i.archive);
+            true
+        }
+        None => false,
+    }
+}
+
 /// `migrate-initd --apply`: one script at a time, the Node Manager first, each instance
 /// serving from its unit and back in its balancers' pool before the next one goes out.
 pub fn apply(systemd: &Systemd, inst: &Installation, root: &Root) -> i32 {
@@ -893,6 +925,15 @@ pub fn apply(systemd: &Systemd, inst: &Installation, root: &Root) -> i32 {
             return exit::FAILED;
         }
     };
+    if restore_unfinished(root) {
+        return exit::FAILED;
+    }
+    // The drop-in each step edits must be readable before the first legacy service stops: a
+    // step that cannot record its instance's fate must not begin.
+    if let Err(e) = check_rollback_config(root) {
+        eprintln!("gatewayctl: {e}");
+        return exit::FAILED;
+    }
     let (scripts, unreadable) = initd::scan(root);
     for (path, why) in unreadable {
         println!("{}: left alone: cannot read: {why}", path.display());
@@ -1026,6 +1067,9 @@ pub fn rollback(systemd: &Systemd, root: &Root, from: Option<&Path>) -> i32 {
             return exit::FAILED;
         }
     };
+    if restore_unfinished(root) {
+        return exit::FAILED;
+    }
     let backups = match from {
         Some(dir) => vec![dir.to_path_buf()],
         None => match backups_with_moved_scripts(root) {

@@ -204,7 +204,7 @@ damaged or refused, 66 it cannot be read."
         #[arg(long, value_name = "DIR")]
         target: Option<std::path::PathBuf>,
         /// Check everything (every byte), print what would be replaced, change nothing.
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["recover", "rollback"])]
         dry_run: bool,
         /// Owners by the archived ids, never by name.
         #[arg(long)]

@@ -286,7 +286,7 @@ pub fn load_with_config(root: &Root) -> (Config, Installation, Vec<Problem>) {
     );
     // Half a restore is neither the old installation nor the new one: nothing starts on it.
     let intent = Path::new("/").join(crate::backup::restore::INTENT);
-    if root.real(&intent).exists() {
+    if crate::backup::restore::swapping(&root.real(Path::new("/"))).is_some() {
         let reason = format!("{} (a restore is unfinished)", intent.display());
         problems.push(Problem::error(InstallError::RestoreUnfinished { intent }));
         for i in &mut inst.instances {

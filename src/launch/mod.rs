@@ -322,6 +322,18 @@ pub fn main(node_manager: bool) -> i32 {
         fields.push(("GATEWAY_INSTANCE", instance.clone()));
     }
     journal::init("gateway-launch", &fields);
+    // Half a restore is neither installation: nothing runs on it, whatever the units loaded
+    // before it began say (the generator's hold needs a daemon-reload to reach them).
+    if let Some(i) = crate::backup::restore::swapping(std::path::Path::new("/")) {
+        let e = format!(
+            "a restore of {} is unfinished (/{}): run `gatewayctl restore --recover` first",
+            i.archive,
+            crate::backup::restore::INTENT
+        );
+        tracing::error!("{e}");
+        notify(&[NotifyState::Status(&format!("held: {e}"))]);
+        return EXIT_CONFIG;
+    }
     run(config, handled)
 }
 
