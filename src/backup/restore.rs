@@ -494,8 +494,13 @@ fn precheck(target: &Path, groups: &[Vec<Step>]) -> Result<(), String> {
             let to = target.join(&step.to);
             let here = fs::symlink_metadata(&from)
                 .map_err(|e| format!("{} cannot be moved: {e}", from.display()))?;
+            // Only directories are compared: on overlayfs a file's st_dev is its lower
+            // filesystem's, not the mount's, while a directory's is the mount's.
+            if !here.is_dir() {
+                continue;
+            }
             let dev_of = |p: Option<&Path>| p.and_then(|p| fs::metadata(p).ok()).map(|m| m.dev());
-            if !here.file_type().is_symlink() && dev_of(from.parent()) != Some(here.dev()) {
+            if dev_of(from.parent()) != Some(here.dev()) {
                 return Err(format!(
                     "{} is a mount point: restore cannot swap it; unmount it, or restore with --target into an image",
                     from.display()
