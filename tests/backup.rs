@@ -587,7 +587,12 @@ fn hostile_cases(dir: &Path, outside: &Path) -> Vec<(&'static str, PathBuf)> {
     add("foreign-scope", m, b, None);
     // A scope's top as a link: later writes into it would follow it.
     let top = entry(GROUPS, Kind::Symlink, b"", Some(&out));
-    add("scope-top-link", manifest_of(vec![top.clone()]), honest(&top, b""), None);
+    add(
+        "scope-top-link",
+        manifest_of(vec![top.clone()]),
+        honest(&top, b""),
+        None,
+    );
     // A listed entry missing from the archive.
     let mut m = es.clone();
     m.push(entry(&format!("{GROUPS}/gone"), Kind::File, b"x", None));

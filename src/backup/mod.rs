@@ -69,31 +69,35 @@ pub fn sidecar_of(archive: &std::path::Path) -> PathBuf {
 
 /// The archive file name for a host and a time: `gw1.example.com-20261123T213500Z.tar.zst`.
 pub fn archive_name(host: &str, unix: i64) -> String {
+    format!(
+        "{}-{}.tar.zst",
+        host.replace(['/', '\0'], "_"),
+        utc_stamp(unix)
+    )
+}
+
+/// A UTC time's calendar fields: (year, month, day, hour, minute, second).
+fn utc_fields(unix: i64) -> (i32, u8, u8, u8, u8, u8) {
     let t =
         time::OffsetDateTime::from_unix_timestamp(unix).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    format!(
-        "{}-{:04}{:02}{:02}T{:02}{:02}{:02}Z.tar.zst",
-        host.replace(['/', '\0'], "_"),
+    (
         t.year(),
         u8::from(t.month()),
         t.day(),
         t.hour(),
         t.minute(),
-        t.second()
+        t.second(),
     )
+}
+
+/// A UTC time for file and directory names: `20261123T213500Z` (names sort by time).
+pub fn utc_stamp(unix: i64) -> String {
+    let (y, mo, d, h, mi, s) = utc_fields(unix);
+    format!("{y:04}{mo:02}{d:02}T{h:02}{mi:02}{s:02}Z")
 }
 
 /// A UTC time as RFC 3339 (`2026-11-23T21:35:00Z`).
 pub fn rfc3339(unix: i64) -> String {
-    let t =
-        time::OffsetDateTime::from_unix_timestamp(unix).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
+    let (y, mo, d, h, mi, s) = utc_fields(unix);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
 }

@@ -478,19 +478,7 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, MigrateError> {
 
 /// A UTC timestamp for directory names: `20261123T134553Z`.
 fn timestamp(secs: u64) -> String {
-    let t = i64::try_from(secs)
-        .ok()
-        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    format!(
-        "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
+    crate::backup::utc_stamp(i64::try_from(secs).unwrap_or(0))
 }
 
 /// Hold the migration lock for as long as the returned lock lives.
