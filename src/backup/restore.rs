@@ -671,8 +671,32 @@ fn restore_id() -> String {
 /// Remove staging directories (an aborted restore's).
 fn remove_staging(target: &Path, staging: &[String]) {
     for s in staging {
-        let _ = fs::remove_dir_all(target.join(s));
+        let dir = target.join(s);
+        if let Ok(m) = fs::symlink_metadata(&dir) {
+            remove_on_one_filesystem(&dir, m.dev());
+        }
     }
+}
+
+/// Remove a tree, but never below a directory of another filesystem (a volume mounted in a
+/// rollback copy stays, with the directories above it).
+fn remove_on_one_filesystem(path: &Path, dev: u64) {
+    let Ok(m) = fs::symlink_metadata(path) else {
+        return;
+    };
+    if !m.is_dir() {
+        let _ = fs::remove_file(path);
+        return;
+    }
+    if m.dev() != dev {
+        return;
+    }
+    if let Ok(entries) = fs::read_dir(path) {
+        for e in entries.flatten() {
+            remove_on_one_filesystem(&e.path(), dev);
+        }
+    }
+    let _ = fs::remove_dir(path);
 }
 
 /// `gatewayctl restore ARCHIVE`.
@@ -1218,6 +1242,25 @@ pub fn rollback(target: &Path, services: Option<&dyn Services>) -> Result<String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn removing_a_tree_stops_at_other_filesystems_and_never_follows_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        fs::create_dir_all(&outside).unwrap();
+        fs::write(outside.join("keep"), "x").unwrap();
+        let tree = dir.path().join("tree");
+        fs::create_dir_all(tree.join("a/b")).unwrap();
+        fs::write(tree.join("a/b/f"), "x").unwrap();
+        std::os::unix::fs::symlink(&outside, tree.join("a/link")).unwrap();
+        let dev = fs::metadata(&tree).unwrap().dev();
+        // A directory that looks like another filesystem is left, with what holds it.
+        remove_on_one_filesystem(&tree, dev + 1);
+        assert!(tree.exists());
+        remove_on_one_filesystem(&tree, dev);
+        assert!(!tree.exists());
+        assert!(outside.join("keep").exists());
+    }
 
     #[test]
     fn paths_must_be_plain_and_links_stay_inside() {
