@@ -93,16 +93,103 @@ fn expected_hash(archive: &Path) -> Result<String, ReadError> {
     }
 }
 
-/// A reader that hashes the raw bytes of the archive file as the decoder reads them.
-struct RawHash {
-    file: fs::File,
-    hash: std::rc::Rc<std::cell::RefCell<Sha256>>,
+/// What the decompressing thread sends: a piece of the tar stream, a failure, or, at the end
+/// of the file, the sha256 of its raw bytes.
+enum Piece {
+    Data(Vec<u8>),
+    Failed(String),
+    End(String),
 }
 
-impl Read for RawHash {
+/// The tar stream, decompressed by a thread of its own (as `zstd -d | tar -x` are two
+/// processes) which also hashes the file's raw bytes; the hash arrives once the whole file was
+/// read.
+struct Decompressed {
+    rx: std::sync::mpsc::Receiver<Piece>,
+    current: Vec<u8>,
+    at: usize,
+    raw_hash: std::rc::Rc<std::cell::RefCell<Option<String>>>,
+    ended: bool,
+}
+
+impl Decompressed {
+    fn start(file: fs::File, raw_hash: std::rc::Rc<std::cell::RefCell<Option<String>>>) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel(8);
+        std::thread::spawn(move || {
+            struct Hashed(fs::File, Sha256);
+            impl Read for Hashed {
+                fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                    let n = self.0.read(buf)?;
+                    self.1.update(&buf[..n]);
+                    Ok(n)
+                }
+            }
+            let mut decoder = match zstd::stream::read::Decoder::new(Hashed(file, Sha256::new())) {
+                Ok(d) => d,
+                Err(e) => {
+                    let _ = tx.send(Piece::Failed(e.to_string()));
+                    return;
+                }
+            };
+            loop {
+                let mut buf = vec![0u8; 1 << 20];
+                let mut filled = 0;
+                // Whole pieces: fewer, larger messages.
+                while filled < buf.len() {
+                    match decoder.read(&mut buf[filled..]) {
+                        Ok(0) => break,
+                        Ok(n) => filled += n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            let _ = tx.send(Piece::Failed(e.to_string()));
+                            return;
+                        }
+                    }
+                }
+                if filled == 0 {
+                    let Hashed(_, hash) = decoder.finish().into_inner();
+                    let _ = tx.send(Piece::End(manifest::hex(&hash.finalize())));
+                    return;
+                }
+                buf.truncate(filled);
+                // The reader stopped (it found what it needed, or a fault): stop too.
+                if tx.send(Piece::Data(buf)).is_err() {
+                    return;
+                }
+            }
+        });
+        Decompressed {
+            rx,
+            current: Vec::new(),
+            at: 0,
+            raw_hash,
+            ended: false,
+        }
+    }
+}
+
+impl Read for Decompressed {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.file.read(buf)?;
-        self.hash.borrow_mut().update(&buf[..n]);
+        while self.at == self.current.len() {
+            if self.ended {
+                return Ok(0);
+            }
+            match self.rx.recv() {
+                Ok(Piece::Data(d)) => {
+                    self.current = d;
+                    self.at = 0;
+                }
+                Ok(Piece::End(hash)) => {
+                    *self.raw_hash.borrow_mut() = Some(hash);
+                    self.ended = true;
+                }
+                Ok(Piece::Failed(e)) => return Err(io::Error::other(e)),
+                Err(_) => return Err(io::Error::other("the decompressing thread ended early")),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.at);
+        buf[..n].copy_from_slice(&self.current[self.at..self.at + n]);
+        self.at += n;
         Ok(n)
     }
 }
@@ -237,7 +324,7 @@ fn take_manifest<R: Read>(entries: &mut tar::Entries<'_, R>) -> Result<Manifest,
 struct Opened {
     tar: tar::Archive<Stream>,
     budget: std::rc::Rc<std::cell::Cell<u64>>,
-    raw_hash: std::rc::Rc<std::cell::RefCell<Sha256>>,
+    raw_hash: std::rc::Rc<std::cell::RefCell<Option<String>>>,
     want: String,
 }
 
@@ -245,13 +332,8 @@ fn open(archive: &Path) -> Result<Opened, ReadError> {
     let want = expected_hash(archive)?;
     let file = fs::File::open(archive)
         .map_err(|e| ReadError::CannotRead(format!("{}: {e}", archive.display())))?;
-    let raw_hash = std::rc::Rc::new(std::cell::RefCell::new(Sha256::new()));
-    let raw = RawHash {
-        file,
-        hash: raw_hash.clone(),
-    };
-    let decoder = zstd::stream::read::Decoder::new(raw)
-        .map_err(|e| ReadError::CannotRead(format!("{}: {e}", archive.display())))?;
+    let raw_hash = std::rc::Rc::new(std::cell::RefCell::new(None));
+    let decoder = Decompressed::start(file, raw_hash.clone());
     let budget = std::rc::Rc::new(std::cell::Cell::new(MANIFEST_MAX + 4096));
     let stream = Budget {
         inner: io::BufReader::with_capacity(1 << 20, decoder),
@@ -285,7 +367,7 @@ pub fn read_manifest_only(archive: &Path) -> Result<Manifest, super::BackupError
 }
 
 /// The decompressed stream of an archive.
-type Stream = Budget<io::BufReader<zstd::stream::read::Decoder<'static, io::BufReader<RawHash>>>>;
+type Stream = Budget<io::BufReader<Decompressed>>;
 
 /// Read an archive from start to end, checking everything against its manifest. `sink` gets
 /// each entry the manifest lists, with its data (files only; what it leaves unread is read
@@ -443,7 +525,10 @@ pub(crate) fn read(
     // 4. The whole file, to its last byte, against ARCHIVE.sha256: it covers the manifest, so
     // a rewritten archive with a rewritten manifest is caught too.
     if problems.is_empty() || !stop_at_first {
-        let got = manifest::hex(&raw_hash.borrow().clone().finalize());
+        let got = raw_hash
+            .borrow()
+            .clone()
+            .unwrap_or_else(|| "(not read to its end)".to_string());
         if got != want {
             problems.insert(
                 0,
