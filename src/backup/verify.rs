@@ -336,7 +336,7 @@ fn open(archive: &Path) -> Result<Opened, ReadError> {
     let decoder = Decompressed::start(file, raw_hash.clone());
     let budget = std::rc::Rc::new(std::cell::Cell::new(MANIFEST_MAX + 4096));
     let stream = Budget {
-        inner: io::BufReader::with_capacity(1 << 20, decoder),
+        inner: decoder,
         left: budget.clone(),
     };
     Ok(Opened {
@@ -367,7 +367,7 @@ pub fn read_manifest_only(archive: &Path) -> Result<Manifest, super::BackupError
 }
 
 /// The decompressed stream of an archive.
-type Stream = Budget<io::BufReader<Decompressed>>;
+type Stream = Budget<Decompressed>;
 
 /// Read an archive from start to end, checking everything against its manifest. `sink` gets
 /// each entry the manifest lists, with its data (files only; what it leaves unread is read

@@ -250,9 +250,9 @@ pub fn restore_command(args: RestoreArgs) -> i32 {
     // A host of another name would generate none of the archive's instances.
     if live && args.as_host.is_none() {
         if let Ok(m) = backup::verify::read_manifest_only(&archive) {
-            let here = std::fs::read_to_string(install::HOSTNAME_FILE).unwrap_or_default();
-            let (config, _, _) = install::load_with_config(&Root::new("/"));
-            let here = config.host.unwrap_or_else(|| here.trim().to_string());
+            // This host's name as the generator resolves it (config, else the kernel's).
+            let (here_inst, _) = install::load(&Root::new("/"));
+            let here = here_inst.host;
             if !install::host_matches(&m.host, &here) {
                 eprintln!("gatewayctl: {} is a backup of {}, and this host is {here}: restored as it is, the generator would start none of its instances. If this host stands in for {} (a cold standby), add --as-host {}; nothing was changed", archive.display(), m.host, m.host, m.host);
                 return 2;

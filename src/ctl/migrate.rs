@@ -525,13 +525,12 @@ fn running(systemd: &Systemd, unit: &str) -> Result<bool, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Whether [`ROLLBACK_CONFIG`] can be changed safely (absent, or TOML).
-fn check_rollback_config(root: &Root) -> Result<(), MigrateError> {
+/// [`ROLLBACK_CONFIG`] as a table (empty when absent); Err when it cannot be changed safely.
+fn read_rollback_config(root: &Root) -> Result<toml::Table, MigrateError> {
     let path = root.real(Path::new(ROLLBACK_CONFIG));
     match fs::read_to_string(&path) {
         Ok(text) => text
             .parse::<toml::Table>()
-            .map(|_| ())
             .map_err(|e| MigrateError::Config {
                 path,
                 detail: format!(
@@ -539,7 +538,7 @@ fn check_rollback_config(root: &Root) -> Result<(), MigrateError> {
                     e.message()
                 ),
             }),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(toml::Table::new()),
         Err(e) => Err(io_err("cannot read", &path)(e)),
     }
 }
@@ -557,16 +556,7 @@ pub fn set_left_to_script(
         path: path.clone(),
         detail,
     };
-    let mut table = match fs::read_to_string(&path) {
-        Ok(text) => text.parse::<toml::Table>().map_err(|e| {
-            bad(format!(
-                "not valid TOML ({}), so it cannot be changed safely",
-                e.message()
-            ))
-        })?,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => toml::Table::new(),
-        Err(e) => return Err(io_err("cannot read", &path)(e)),
-    };
+    let mut table = read_rollback_config(root)?;
     let (outer, key) = match &saved.instance {
         Some(key) => ("instances", Some(key.as_str())),
         None => ("nodemanager", None),
@@ -918,7 +908,7 @@ pub fn apply(systemd: &Systemd, inst: &Installation, root: &Root) -> i32 {
     }
     // The drop-in each step edits must be readable before the first legacy service stops: a
     // step that cannot record its instance's fate must not begin.
-    if let Err(e) = check_rollback_config(root) {
+    if let Err(e) = read_rollback_config(root) {
         eprintln!("gatewayctl: {e}");
         return exit::FAILED;
     }

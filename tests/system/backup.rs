@@ -2,6 +2,7 @@
 //! installation, restores the production host's archive and its instances come up ready.
 
 use crate::harness::Container;
+use crate::migrate::ctl;
 use libtest_mimic::Failed;
 use std::fs;
 use std::path::Path;
@@ -48,20 +49,6 @@ fn production_archive(dir: &Path) -> Result<std::path::PathBuf, Failed> {
         .find(|p| p.extension().is_some_and(|e| e == "zst"))
         .ok_or("no archive written")?;
     Ok(archive)
-}
-
-fn ctl(c: &Container, args: &[&str]) -> (i32, String) {
-    let mut full = vec!["gatewayctl"];
-    full.extend_from_slice(args);
-    let out = c.exec(&full);
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
 }
 
 pub fn restore_onto_a_cold_standby_of_another_name() -> Result<(), Failed> {

@@ -198,7 +198,8 @@ fn last_event(c: &Container, unit: &str, message_id: &str) -> Result<u64, Failed
         })
 }
 
-fn ctl(c: &Container, args: &[&str]) -> (i32, String) {
+/// Run gatewayctl in the container: its exit status and stdout followed by stderr.
+pub(crate) fn ctl(c: &Container, args: &[&str]) -> (i32, String) {
     let mut full = vec!["gatewayctl"];
     full.extend_from_slice(args);
     let out = c.exec(&full);
