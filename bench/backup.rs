@@ -4,8 +4,11 @@
 //! Targets: backup at least 1.0x the pipeline's throughput while hashing every file; restore at
 //! most 1.2x the plain extraction's time.
 //!
-//! `cargo bench --bench backup` (root, GNU tar and zstd needed); `-- --quick` uses a smaller
-//! tree (the ratios then say less).
+//! Each extraction goes to a fresh ext4 filesystem on a loop device, each measurement starts
+//! with nothing left to write back. `cargo bench --bench backup` (root, GNU tar, zstd and
+//! mkfs.ext4 needed); `-- --quick` uses a smaller tree (the ratios then say less);
+//! `BENCH_BACKUP_TREE=DIR` keeps the generated tree there between runs, `BENCH_BACKUP_ROUNDS`
+//! sets the rounds (3).
 
 use std::fs;
 use std::io::Write;
@@ -113,6 +116,47 @@ fn generate(root: &Path, small: usize, large_mib: usize) -> u64 {
     total
 }
 
+/// Start each measurement from the same state: nothing left to write back from the one before.
+fn settle() {
+    let _ = Command::new("sync").status();
+}
+
+/// A fresh ext4 filesystem (with a journal, as a host's) on a loop device, mounted for one
+/// extraction: every extraction starts from the same empty filesystem. (Extracting into a
+/// directory of a long-used filesystem measures that filesystem's state: ext4 without a
+/// journal, as this machine's root, scans past every recently deleted inode when it allocates
+/// one, which made the same extraction take 4 s or 25 s.)
+struct FreshFs {
+    mount: PathBuf,
+    image: PathBuf,
+}
+
+impl FreshFs {
+    fn new(base: &Path, name: &str, bytes: u64) -> Self {
+        let image = base.join(format!("{name}.img"));
+        let mount = base.join(name);
+        fs::create_dir_all(&mount).unwrap();
+        let size = bytes * 2 + (1 << 30);
+        let f = fs::File::create(&image).unwrap();
+        f.set_len(size).unwrap();
+        let ok = |c: &mut Command| assert!(c.status().unwrap().success(), "{c:?}");
+        ok(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image));
+        ok(Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&image)
+            .arg(&mount));
+        FreshFs { mount, image }
+    }
+}
+
+impl Drop for FreshFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mount).status();
+        let _ = fs::remove_file(&self.image);
+        let _ = fs::remove_dir(&self.mount);
+    }
+}
+
 fn timed(what: &str, mut cmd: Command) -> Duration {
     let started = Instant::now();
     let out = cmd
@@ -156,9 +200,21 @@ fn main() {
     }
     let gatewayctl = env!("CARGO_BIN_EXE_gatewayctl");
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
-    let root = dir.path().join("root");
     let (small, large) = if quick { (4_000, 20) } else { (40_000, 150) };
-    let bytes = generate(&root, small, large);
+    // BENCH_BACKUP_TREE keeps the generated tree there between runs (for profiling).
+    let kept = std::env::var_os("BENCH_BACKUP_TREE").map(PathBuf::from);
+    let root = kept.clone().unwrap_or_else(|| dir.path().join("root"));
+    let bytes = match kept.as_ref().map(|k| k.join(".bytes")) {
+        Some(mark) if mark.exists() => fs::read_to_string(&mark).unwrap().trim().parse().unwrap(),
+        mark => {
+            let _ = fs::remove_dir_all(&root);
+            let bytes = generate(&root, small, large);
+            if let Some(mark) = mark {
+                fs::write(mark, bytes.to_string()).unwrap();
+            }
+            bytes
+        }
+    };
     println!(
         "tree: {small} small files and 3 large ones, {:.0} MiB",
         bytes as f64 / (1 << 20) as f64
@@ -169,7 +225,10 @@ fn main() {
         root.display()
     ))
     .status();
-    let rounds = if quick { 1 } else { 3 };
+    let rounds = std::env::var("BENCH_BACKUP_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(if quick { 1 } else { 3 });
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     let (mut ours_r, mut theirs_r, mut theirs_rs) = (Vec::new(), Vec::new(), Vec::new());
     let mut sizes = (0, 0);
@@ -179,9 +238,11 @@ fn main() {
         c.args(["backup", "--to"])
             .arg(&out)
             .env("GATEWAY_SYSTEMD_ROOT", &root);
+        settle();
         ours.push(timed("gatewayctl backup", c));
         let archive = only(&out, ".tar.zst");
         let pipeline = dir.path().join(format!("tar-{round}.tar.zst"));
+        settle();
         theirs.push(timed(
             "tar | zstd",
             sh(&format!(
@@ -191,20 +252,27 @@ fn main() {
                 pipeline.display()
             )),
         ));
+        println!(
+            "  round {round}: backup {:.2}s, tar | zstd {:.2}s",
+            ours[round].as_secs_f64(),
+            theirs[round].as_secs_f64()
+        );
         sizes = (
             fs::metadata(&archive).unwrap().len(),
             fs::metadata(&pipeline).unwrap().len(),
         );
-        let target = dir.path().join(format!("restored-{round}"));
-        fs::create_dir_all(&target).unwrap();
+        let target_fs = FreshFs::new(dir.path(), &format!("restored-{round}"), bytes);
+        let target = target_fs.mount.clone();
         let mut c = Command::new(gatewayctl);
         c.args(["restore"])
             .arg(&archive)
             .arg("--target")
             .arg(&target);
+        settle();
         ours_r.push(timed("gatewayctl restore", c));
-        let plain = dir.path().join(format!("plain-{round}"));
-        fs::create_dir_all(&plain).unwrap();
+        let plain_fs = FreshFs::new(dir.path(), &format!("plain-{round}"), bytes);
+        let plain = plain_fs.mount.clone();
+        settle();
         theirs_r.push(timed(
             "zstd -d | tar -x",
             sh(&format!(
@@ -214,8 +282,9 @@ fn main() {
             )),
         ));
         // The same extraction made durable, as restore's is before it swaps anything in.
-        let plain2 = dir.path().join(format!("plain-sync-{round}"));
-        fs::create_dir_all(&plain2).unwrap();
+        let plain2_fs = FreshFs::new(dir.path(), &format!("plain-sync-{round}"), bytes);
+        let plain2 = plain2_fs.mount.clone();
+        settle();
         theirs_rs.push(timed(
             "zstd -d | tar -x; sync",
             sh(&format!(
@@ -225,7 +294,14 @@ fn main() {
                 plain2.display()
             )),
         ));
-        for p in [out, pipeline, target, plain, plain2] {
+        println!(
+            "  round {round}: restore {:.2}s, zstd -d | tar -x {:.2}s, with sync {:.2}s",
+            ours_r[round].as_secs_f64(),
+            theirs_r[round].as_secs_f64(),
+            theirs_rs[round].as_secs_f64()
+        );
+        drop((target_fs, plain_fs, plain2_fs));
+        for p in [out, pipeline] {
             let _ = fs::remove_dir_all(&p);
             let _ = fs::remove_file(&p);
         }

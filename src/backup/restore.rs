@@ -617,25 +617,65 @@ fn set_meta(path: &Path, e: &Entry, owner: (u32, u32), kept_owner: bool) -> io::
     .map_err(io::Error::from)
 }
 
-/// Write a file's data, keeping runs of zeros as holes (a sparse file stays sparse). Only a
-/// file that ends in a hole is extended with `ftruncate`: on ext4 a truncate of a new file
-/// makes its close wait for the data (auto_da_alloc), which a restore of many files must not.
-fn write_sparse(file: &mut fs::File, data: &mut dyn Read, size: u64) -> io::Result<()> {
-    let mut buf = vec![0u8; 1 << 20];
+/// The mode an entry gets: set-id bits only for the owner the archive names.
+fn mode_of(e: &Entry, kept_owner: bool) -> u32 {
+    match kept_owner {
+        true => e.mode,
+        false => e.mode & 0o1777,
+    }
+}
+
+/// Whether a piece of data is all zeros (a hole to keep), deciding on its first bytes when
+/// they are not (the common case).
+fn is_zeros(piece: &[u8]) -> bool {
+    piece.iter().take(64).all(|b| *b == 0)
+        && piece
+            .chunks(4096)
+            .all(|c| c.iter().fold(0u8, |acc, b| acc | b) == 0)
+}
+
+/// Write a file's data, keeping runs of zeros as holes (a sparse file stays sparse); `end`
+/// says whether this is the file's last piece. Only a file that ends in a hole is extended
+/// with `ftruncate`: on ext4 a truncate of a new file makes its close wait for the data
+/// (auto_da_alloc), which a restore of many files must not. Returns whether the piece ended in
+/// a hole.
+fn write_holes(file: &mut fs::File, data: &[u8]) -> io::Result<bool> {
+    let mut ends_in_hole = false;
+    let mut pending: Option<&[u8]> = None;
+    for chunk in data.chunks(64 * 1024) {
+        ends_in_hole = is_zeros(chunk);
+        if ends_in_hole {
+            if let Some(p) = pending.take() {
+                file.write_all(p)?;
+            }
+            file.seek(io::SeekFrom::Current(chunk.len() as i64))?;
+        } else {
+            // Neighbouring chunks with data go out in one write.
+            let start = pending.map_or(0, |p| p.len());
+            let from = chunk.as_ptr() as usize - data.as_ptr() as usize - start;
+            pending = Some(&data[from..from + start + chunk.len()]);
+        }
+    }
+    if let Some(p) = pending {
+        file.write_all(p)?;
+    }
+    Ok(ends_in_hole)
+}
+
+/// Write a file's data as it is read (see [`write_holes`]), through `buf`.
+fn write_sparse(
+    file: &mut fs::File,
+    data: &mut dyn Read,
+    size: u64,
+    buf: &mut [u8],
+) -> io::Result<()> {
     let (mut at, mut ends_in_hole) = (0u64, false);
     loop {
-        let n = data.read(&mut buf)?;
+        let n = data.read(buf)?;
         if n == 0 {
             break;
         }
-        for chunk in buf[..n].chunks(64 * 1024) {
-            ends_in_hole = chunk.iter().all(|b| *b == 0);
-            if ends_in_hole {
-                file.seek(io::SeekFrom::Current(chunk.len() as i64))?;
-            } else {
-                file.write_all(chunk)?;
-            }
-        }
+        ends_in_hole = write_holes(file, &buf[..n])?;
         at += n as u64;
     }
     if at != size {
@@ -645,6 +685,185 @@ fn write_sparse(file: &mut fs::File, data: &mut dyn Read, size: u64) -> io::Resu
         file.set_len(size)?;
     }
     Ok(())
+}
+
+/// A file's owner, mode and times, to set on it once written.
+#[derive(Debug, Clone, Copy)]
+struct FileMeta {
+    owner: (u32, u32),
+    mode: u32,
+    mtime: i64,
+    mtime_nsec: u32,
+}
+
+/// Create a file in staging that must not exist yet.
+fn create_staged(path: &Path) -> io::Result<fs::File> {
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// Finish a written file through its descriptor (no path lookups): owner, then mode (chown
+/// clears set-id bits), then times.
+fn finish_file(file: &fs::File, m: &FileMeta) -> io::Result<()> {
+    std::os::unix::fs::fchown(file, Some(m.owner.0), Some(m.owner.1))?;
+    file.set_permissions(fs::Permissions::from_mode(m.mode))?;
+    let t = nix::sys::time::TimeSpec::new(m.mtime, i64::from(m.mtime_nsec));
+    nix::sys::stat::futimens(file, &t, &t).map_err(io::Error::from)
+}
+
+/// How much the extraction writes between two syncs of the staging filesystems.
+const FLUSH_STEP: u64 = 64 << 20;
+
+/// Writes back what the extraction has written while it goes on, a batch at a time, so that
+/// the disk works while the CPU extracts and the sync before the swap waits for the last batch
+/// only. (A sync of each file as it is written costs more than it saves: many small writes,
+/// and writers blocked on a full queue; the kernel's own writeback would start too late.)
+struct Flusher {
+    written: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Flusher {
+    fn start(dirs: Vec<PathBuf>) -> Self {
+        use std::sync::atomic::Ordering;
+        let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (w, d) = (written.clone(), done.clone());
+        let thread = std::thread::spawn(move || {
+            let mut synced = 0;
+            while !d.load(Ordering::Relaxed) {
+                let now = w.load(Ordering::Relaxed);
+                if now - synced < FLUSH_STEP {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    continue;
+                }
+                // A failure here is met again by the sync before the swap, which reports it.
+                for dir in &dirs {
+                    let _ = fs::File::open(dir).map(|f| nix::unistd::syncfs(&f));
+                }
+                synced = now;
+            }
+        });
+        Flusher {
+            written,
+            done,
+            thread: std::sync::Mutex::new(Some(thread)),
+        }
+    }
+
+    /// Count bytes written.
+    fn wrote(&self, bytes: u64) {
+        self.written
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Stop (the sync before the swap does the rest).
+    fn stop(&self) {
+        self.done.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        // However the extraction ends, the thread ends with it.
+        self.done.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Files up to this size are read whole and handed to the writer threads; larger ones are
+/// written as they are read. Bounds what is held in memory: the queue's length times this.
+const HANDED_MAX: u64 = 8 << 20;
+
+/// A file for a writer thread: where it goes, its content, its metadata.
+struct FileJob {
+    path: PathBuf,
+    data: Vec<u8>,
+    size: u64,
+    meta: FileMeta,
+}
+
+/// Write one handed-over file.
+fn write_job(job: &FileJob, flusher: &Flusher) -> io::Result<()> {
+    let mut f = create_staged(&job.path)?;
+    if write_holes(&mut f, &job.data)? {
+        f.set_len(job.size)?;
+    }
+    finish_file(&f, &job.meta)?;
+    flusher.wrote(job.size);
+    Ok(())
+}
+
+/// The threads that write handed-over files, as many as there are CPUs: creating and writing
+/// many small files is the kernel's work, which one thread would do one file at a time.
+struct Writers {
+    jobs: std::sync::mpsc::SyncSender<FileJob>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    failed: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl Writers {
+    fn start(flusher: &std::sync::Arc<Flusher>) -> Self {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let (jobs, rx) = std::sync::mpsc::sync_channel::<FileJob>(32);
+        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+        let failed = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+        let threads = (0..n)
+            .map(|_| {
+                let (rx, failed, flusher) = (rx.clone(), failed.clone(), flusher.clone());
+                std::thread::spawn(move || loop {
+                    let next = rx.lock().map(|rx| rx.recv());
+                    let Ok(Ok(job)) = next else {
+                        return;
+                    };
+                    if let Err(e) = write_job(&job, &flusher) {
+                        if let Ok(mut f) = failed.lock() {
+                            f.get_or_insert(format!("{}: {e}", job.path.display()));
+                        }
+                        return;
+                    }
+                })
+            })
+            .collect();
+        Writers {
+            jobs,
+            threads,
+            failed,
+        }
+    }
+
+    /// Hand a file over; fails once a writer failed (the extraction stops there).
+    fn send(&self, job: FileJob) -> io::Result<()> {
+        let failed = self.failed.lock().ok().and_then(|f| f.clone());
+        match failed {
+            Some(why) => Err(io::Error::other(why)),
+            None => self
+                .jobs
+                .send(job)
+                .map_err(|_| io::Error::other("the writer threads stopped")),
+        }
+    }
+
+    /// Wait for every handed-over file to be written; the first failure, if any.
+    fn finish(self) -> Result<(), String> {
+        drop(self.jobs);
+        for t in self.threads {
+            if t.join().is_err() {
+                return Err("a writer thread panicked".into());
+            }
+        }
+        match self.failed.lock().ok().and_then(|f| f.clone()) {
+            Some(why) => Err(why),
+            None => Ok(()),
+        }
+    }
 }
 
 /// The archive's side of an extraction: whether reading it failed (damage), as opposed to
@@ -875,6 +1094,11 @@ pub fn restore(
     let mut dirs: Vec<(PathBuf, Entry, (u32, u32), bool)> = Vec::new();
     let mut written = 0u64;
     let mut write_failure: Option<String> = None;
+    let mut buf = vec![0u8; 1 << 20];
+    let flusher = std::sync::Arc::new(Flusher::start(
+        staging.iter().map(|s| target.join(s)).collect(),
+    ));
+    let writers = Writers::start(&flusher);
     let read = super::verify::read(archive, true, &mut |e: &Entry, data: &mut dyn Read| {
         let l = landing_of(&e.path).ok_or_else(|| io::Error::other("outside every scope"))?;
         let rest = &e.path[l.live.len()..];
@@ -897,16 +1121,28 @@ pub fn restore(
                     set_meta(&staged, e, owner, kept)?;
                 }
                 Kind::File => {
-                    let mut f = fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .mode(0o600)
-                        .custom_flags(libc::O_NOFOLLOW)
-                        .open(&staged)?;
-                    write_sparse(&mut f, &mut from_archive, e.size)?;
-                    drop(f);
-                    set_meta(&staged, e, owner, kept)?;
+                    let meta = FileMeta {
+                        owner,
+                        mode: mode_of(e, kept),
+                        mtime: e.mtime,
+                        mtime_nsec: e.mtime_nsec,
+                    };
                     written += e.size;
+                    if e.size <= HANDED_MAX {
+                        let mut data = Vec::with_capacity(e.size as usize);
+                        from_archive.read_to_end(&mut data)?;
+                        let job = FileJob {
+                            path: staged.clone(),
+                            data,
+                            size: e.size,
+                            meta,
+                        };
+                        return writers.send(job);
+                    }
+                    let mut f = create_staged(&staged)?;
+                    write_sparse(&mut f, &mut from_archive, e.size, &mut buf)?;
+                    finish_file(&f, &meta)?;
+                    flusher.wrote(e.size);
                 }
             }
             Ok(())
@@ -918,6 +1154,10 @@ pub fn restore(
         }
         done
     });
+    if let Err(failed) = writers.finish() {
+        write_failure.get_or_insert(failed);
+    }
+    flusher.stop();
     let problems = match read {
         Ok((_, _, problems)) => problems,
         Err(super::verify::ReadError::CannotRead(why)) => {

@@ -13,7 +13,7 @@ use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 /// Files up to this size are read whole into memory, so that one that changes while being
 /// read can be read again before anything is written.
@@ -76,9 +76,14 @@ struct Found {
     meta: fs::Metadata,
 }
 
-/// Walk the scopes: every entry to take, in archive order, and what was left out.
-fn walk(root: &Root, scopes: &[Scope], never: &[PathBuf]) -> (Vec<Found>, Vec<String>) {
-    let mut found = Vec::new();
+/// Walk the scopes: every entry to take goes to `found`, in archive order; returns what was
+/// left out.
+fn walk(
+    root: &Root,
+    scopes: &[Scope],
+    never: &[PathBuf],
+    found: &mut dyn FnMut(Found),
+) -> Vec<String> {
     let mut skipped = Vec::new();
     for scope in scopes {
         let mut never = never.to_vec();
@@ -113,10 +118,10 @@ fn walk(root: &Root, scopes: &[Scope], never: &[PathBuf]) -> (Vec<Found>, Vec<St
                 ));
                 continue;
             }
-            walk_tree(root, &start, &never, &mut found, &mut skipped);
+            walk_tree(root, &start, &never, found, &mut skipped);
         }
     }
-    (found, skipped)
+    skipped
 }
 
 /// Walk one tree in name order, never following a symbolic link.
@@ -124,7 +129,7 @@ fn walk_tree(
     root: &Root,
     start: &Path,
     never: &[PathBuf],
-    found: &mut Vec<Found>,
+    found: &mut dyn FnMut(Found),
     skipped: &mut Vec<String>,
 ) {
     let mut stack = vec![start.to_path_buf()];
@@ -174,7 +179,7 @@ fn walk_tree(
             children.reverse();
             stack.extend(children);
         }
-        found.push(Found {
+        found(Found {
             logical: p,
             path,
             meta,
@@ -304,60 +309,503 @@ fn append<W: Write>(b: &mut tar::Builder<W>, e: &Entry, data: impl Read) -> io::
     b.append(&h, data)
 }
 
-/// Read a file whole, again while it changes (size or mtime differ before and after); the
-/// bytes, the metadata they match, and whether it never held still.
-fn read_stable(file: &mut fs::File, path: &Path) -> io::Result<(Vec<u8>, fs::Metadata, bool)> {
-    use std::io::Seek;
-    let mut last = None;
-    for _ in 0..READ_ATTEMPTS {
-        let before = file.metadata()?;
-        file.seek(io::SeekFrom::Start(0))?;
-        let mut bytes = Vec::with_capacity(before.len() as usize);
-        file.read_to_end(&mut bytes)?;
-        let after = file.metadata()?;
-        let same = before.len() == after.len()
-            && bytes.len() as u64 == after.len()
-            && (before.mtime(), before.mtime_nsec()) == (after.mtime(), after.mtime_nsec());
-        if same {
-            return Ok((bytes, after, false));
-        }
-        last = Some((bytes, after));
+/// Zeros up to the next 512-byte block, as tar wants after a member's data.
+fn pad(w: &mut impl Write, len: u64) -> io::Result<()> {
+    let rest = (len.next_multiple_of(512) - len) as usize;
+    w.write_all(&[0u8; 512][..rest])
+}
+
+/// The size a piece of the tar stream grows to before it is compressed as a zstd frame of its
+/// own. A standard `.tar.zst` may be any number of frames in a row; independent pieces this
+/// large compress as well as one stream and spare the work multi-threaded zstd spends on the
+/// overlap between its jobs.
+const PIECE: usize = 8 << 20;
+
+/// A piece of the tar stream on its way to a worker.
+struct Piece {
+    seq: u64,
+    bytes: Vec<u8>,
+}
+
+/// A piece compressed.
+struct Packed {
+    seq: u64,
+    frame: Vec<u8>,
+}
+
+/// The tar stream being cut into pieces: the builder writes headers into the current piece,
+/// files are read straight into it (and hashed there, while they are in the CPU's cache).
+struct Pieces {
+    buf: Vec<u8>,
+    seq: u64,
+    to_workers: std::sync::mpsc::SyncSender<Piece>,
+    /// Buffers of compressed pieces, back for reuse (fresh ones would be page-faulted in anew).
+    spent: std::sync::mpsc::Receiver<Vec<u8>>,
+}
+
+impl Write for Pieces {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(buf);
+        Ok(buf.len())
     }
-    let (bytes, meta) =
-        last.ok_or_else(|| io::Error::other(format!("{}: unreadable", path.display())))?;
-    Ok((bytes, meta, true))
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
-/// A reader of exactly `len` bytes of `inner` (zeros after a short read), hashing what it
-/// yields; `short` says whether the file ended early.
-struct Exact<R> {
-    inner: R,
-    left: u64,
-    hash: Sha256,
-    short: bool,
-}
-
-impl<R: Read> Read for Exact<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.left == 0 {
-            return Ok(0);
+impl Pieces {
+    /// Send the current piece to be compressed once it is large enough (or whatever is left,
+    /// at the end).
+    fn ship(&mut self, last: bool) -> io::Result<()> {
+        let ready = self.buf.len() >= PIECE || (last && !self.buf.is_empty());
+        if !ready {
+            return Ok(());
         }
-        let want = buf.len().min(self.left as usize);
-        let n = match self.short {
-            false => self.inner.read(&mut buf[..want])?,
-            true => 0,
+        let next = self
+            .spent
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(PIECE + (1 << 20)));
+        let piece = Piece {
+            seq: self.seq,
+            bytes: std::mem::replace(&mut self.buf, next),
         };
-        let n = if n == 0 {
-            self.short = true;
-            buf[..want].fill(0);
-            want
-        } else {
-            n
+        self.seq += 1;
+        self.to_workers
+            .send(piece)
+            .map_err(|_| io::Error::other("the compressing threads stopped"))
+    }
+}
+
+/// A worker: compress each piece into a frame of its own.
+fn pack(
+    pieces: &std::sync::Mutex<std::sync::mpsc::Receiver<Piece>>,
+    packed: std::sync::mpsc::Sender<Packed>,
+    spent: std::sync::mpsc::Sender<Vec<u8>>,
+) -> io::Result<()> {
+    let mut zstd = zstd::bulk::Compressor::new(ZSTD_LEVEL)?;
+    zstd.include_checksum(true)?;
+    loop {
+        let next = pieces
+            .lock()
+            .map_err(|_| io::Error::other("poisoned"))?
+            .recv();
+        let Ok(piece) = next else {
+            return Ok(());
         };
-        self.hash.update(&buf[..n]);
-        self.left -= n as u64;
+        let frame = zstd.compress(&piece.bytes)?;
+        let mut bytes = piece.bytes;
+        bytes.clear();
+        let _ = spent.send(bytes);
+        let out = Packed {
+            seq: piece.seq,
+            frame,
+        };
+        if packed.send(out).is_err() {
+            return Ok(());
+        }
+    }
+}
+
+/// The writer: the frames in the order of their pieces, into the archive's file after the
+/// manifest's `room`; returns the file and the room.
+fn write_frames(
+    packed: std::sync::mpsc::Receiver<Packed>,
+    mut file: fs::File,
+    room: impl FnOnce() -> io::Result<u64>,
+) -> io::Result<(Body, u64)> {
+    use std::io::Seek;
+    let room = room()?;
+    file.seek(io::SeekFrom::Start(room))?;
+    let mut body = Body {
+        file,
+        at: room,
+        kicked: room,
+    };
+    let mut next = 0;
+    let mut waiting = std::collections::BTreeMap::new();
+    for p in packed {
+        waiting.insert(p.seq, p);
+        while let Some(p) = waiting.remove(&next) {
+            body.write_all(&p.frame)?;
+            next += 1;
+        }
+    }
+    if !waiting.is_empty() {
+        return Err(io::Error::other("a compressing thread stopped early"));
+    }
+    Ok((body, room))
+}
+
+/// The coarsest step of the clock file times are taken from (a kernel tick is 1 to 10 ms).
+const CLOCK_TICK: Duration = Duration::from_millis(20);
+
+/// Whether a file was last modified while it was being read (from a tick before `started` to
+/// `ended`). Equal sizes and times before and after a read then prove nothing: on many
+/// filesystems a file's time moves once per clock tick, so a write during a short read may
+/// leave it as it was and the bytes read torn.
+fn written_while_read(meta: &fs::Metadata, started: SystemTime, ended: SystemTime) -> bool {
+    match meta.modified() {
+        Ok(mtime) => mtime + CLOCK_TICK >= started && mtime <= ended + CLOCK_TICK,
+        Err(_) => true,
+    }
+}
+
+/// Take a file of at most [`BUFFERED_MAX`] bytes: its header and data straight into the
+/// current piece, again while it changes (size or mtime differ before and after the read, or
+/// it was written while read); one that never holds still is taken as last read. Returns
+/// whether it never held still.
+fn take_file(
+    tar: &mut tar::Builder<Pieces>,
+    e: &mut Entry,
+    file: &mut fs::File,
+) -> io::Result<bool> {
+    use std::io::Seek;
+    for attempt in 0..READ_ATTEMPTS {
+        let started = SystemTime::now();
+        let before = file.metadata()?;
+        if attempt > 0 {
+            file.seek(io::SeekFrom::Start(0))?;
+        }
+        e.size = before.len();
+        e.mode = before.mode() & 0o7777;
+        e.mtime = before.mtime();
+        e.mtime_nsec = before.mtime_nsec() as u32;
+        let mark = tar.get_mut().buf.len();
+        append(tar, e, io::empty())?;
+        let p = tar.get_mut();
+        let start = p.buf.len();
+        // One byte more than promised: a file that grew is caught by the length.
+        p.buf.reserve(before.len() as usize + 64);
+        (&mut *file)
+            .take(before.len() + 1)
+            .read_to_end(&mut p.buf)?;
+        let n = (p.buf.len() - start) as u64;
+        let after = file.metadata()?;
+        let same = n == before.len()
+            && after.len() == before.len()
+            && (before.mtime(), before.mtime_nsec()) == (after.mtime(), after.mtime_nsec());
+        let racy = written_while_read(&after, started, SystemTime::now());
+        if same && !racy {
+            e.sha256 = Some(manifest::sha256_hex(&p.buf[start..]));
+            pad(p, n)?;
+            return Ok(false);
+        }
+        if attempt + 1 == READ_ATTEMPTS {
+            let data = p.buf.split_off(start);
+            p.buf.truncate(mark);
+            e.size = data.len() as u64;
+            e.mtime = after.mtime();
+            e.mtime_nsec = after.mtime_nsec() as u32;
+            append(tar, e, io::empty())?;
+            let p = tar.get_mut();
+            p.buf.extend_from_slice(&data);
+            e.sha256 = Some(manifest::sha256_hex(&data));
+            pad(p, e.size)?;
+            return Ok(true);
+        }
+        p.buf.truncate(mark);
+        if racy {
+            // Let the clock move on: the next read then tells a write from a quiet file.
+            std::thread::sleep(CLOCK_TICK);
+        }
+    }
+    unreachable!("the last attempt returns")
+}
+
+/// Take a file too large to hold in memory, read in pieces and hashed here as it goes: exactly
+/// the `e.size` bytes its header promises (zeros after a short read). Returns its sha256 and
+/// whether the file ended early.
+fn take_large_file(
+    tar: &mut tar::Builder<Pieces>,
+    e: &Entry,
+    file: &mut fs::File,
+) -> io::Result<([u8; 32], bool)> {
+    append(tar, e, io::empty())?;
+    let mut hash = Sha256::new();
+    let (mut left, mut short) = (e.size, false);
+    while left > 0 {
+        let p = tar.get_mut();
+        let want = left.min(1 << 20);
+        let start = p.buf.len();
+        if !short {
+            p.buf.reserve(want as usize);
+            (&mut *file).take(want).read_to_end(&mut p.buf)?;
+        }
+        if p.buf.len() == start {
+            short = true;
+            p.buf.resize(start + want as usize, 0);
+        }
+        hash.update(&p.buf[start..]);
+        left -= (p.buf.len() - start) as u64;
+        p.ship(false)?;
+    }
+    pad(tar.get_mut(), e.size)?;
+    Ok((hash.finalize().into(), short))
+}
+
+/// The magic number of a zstd skippable frame (every decoder, `zstd -d` too, passes over its
+/// content).
+const SKIPPABLE_MAGIC: u32 = 0x184D_2A50;
+/// How much of the body is written before the kernel is asked to start writing it back.
+const WRITEBACK_STEP: u64 = 16 << 20;
+
+/// The archive's file from the body's first byte on. It asks the kernel to start writing back
+/// every few MiB, so the disk works while the CPU compresses and the final fsync waits for the
+/// tail only.
+struct Body {
+    file: fs::File,
+    at: u64,
+    kicked: u64,
+}
+
+impl Write for Body {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        let n = self.file.write(buf)?;
+        self.at += n as u64;
+        if self.at - self.kicked >= WRITEBACK_STEP {
+            // SAFETY: a system call on a descriptor this struct owns, with no memory passed.
+            // Its failure only means writeback starts later: the fsync at the end still waits.
+            unsafe {
+                libc::sync_file_range(
+                    self.file.as_raw_fd(),
+                    self.kicked as libc::off64_t,
+                    (self.at - self.kicked) as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                )
+            };
+            self.kicked = self.at;
+        }
         Ok(n)
     }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// Room to keep at the archive's start for the manifest's frame: the frame of a manifest like
+/// the one the walk promises (with hashes as incompressible as real ones), and a margin for
+/// what changes while the files are read. A manifest that outgrows it costs a copy of the body.
+fn manifest_room(estimate: &Manifest) -> io::Result<u64> {
+    let frame = manifest_frame(&estimate.to_bytes(), estimate.created_unix)?;
+    let len = frame.len() as u64;
+    Ok((len + len / 8 + 4096).next_multiple_of(4096))
+}
+
+/// The `k`th entry the walk found as the manifest will list it, give or take what changes
+/// while it is read: with stand-ins for its hash or link target.
+fn estimated_entry(k: usize, f: &Found, names: &mut Names) -> Entry {
+    let mut e = entry_of(f, names);
+    match e.kind {
+        Kind::File => e.sha256 = Some(stand_in_hash(k as u64)),
+        Kind::Symlink => e.link = Some("x".repeat(f.meta.len() as usize)),
+        Kind::Dir => {}
+    }
+    e
+}
+
+/// A hash-like stand-in for the estimate: 64 hex digits that compress as badly as a sha256.
+fn stand_in_hash(seed: u64) -> String {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = String::with_capacity(64);
+    while out.len() < 64 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.push_str(&format!("{x:016x}"));
+    }
+    out.truncate(64);
+    out
+}
+
+/// Put the manifest's frame before the body, which starts at byte `room` of `written`: into the
+/// room, with a skippable frame over the rest of it; or, when the frame outgrew the room, into
+/// a new file beside `archive` followed by a copy of the body (the first file is removed).
+/// Returns the file that now holds the whole archive.
+fn place_manifest(
+    archive: &Path,
+    written: (PathBuf, fs::File),
+    room: u64,
+    frame: &[u8],
+) -> io::Result<(PathBuf, fs::File)> {
+    use std::io::Seek;
+    use std::os::unix::fs::FileExt;
+    let (path, file) = written;
+    let len = frame.len() as u64;
+    if let Some(skip) = room.checked_sub(len + 8) {
+        let mut head = frame.to_vec();
+        head.extend_from_slice(&SKIPPABLE_MAGIC.to_le_bytes());
+        head.extend_from_slice(&u32::try_from(skip).map_err(io::Error::other)?.to_le_bytes());
+        file.write_all_at(&head, 0)?;
+        return Ok((path, file));
+    }
+    let (moved, mut out) = install::create_beside(archive, |t| {
+        fs::OpenOptions::new()
+            .write(true)
+            .read(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(t)
+    })?;
+    let copied = (|| {
+        out.write_all(frame)?;
+        let mut body = &file;
+        body.seek(io::SeekFrom::Start(room))?;
+        io::copy(&mut body, &mut out)
+    })();
+    match copied {
+        Ok(_) => {
+            let _ = fs::remove_file(&path);
+            Ok((moved, out))
+        }
+        Err(e) => {
+            let _ = fs::remove_file(&moved);
+            Err(e)
+        }
+    }
+}
+
+/// sha256 of a whole file, read from its start.
+fn hash_file(file: &fs::File) -> io::Result<[u8; 32]> {
+    use std::os::unix::fs::FileExt;
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    loop {
+        let n = file.read_at(&mut buf, at)?;
+        if n == 0 {
+            return Ok(hash.finalize().into());
+        }
+        hash.update(&buf[..n]);
+        at += n as u64;
+    }
+}
+
+/// The manifest entry of what the walk found, as the walk saw it (a file's size, hash and
+/// times are filled in when it is read; a link's target when it is written).
+fn entry_of(f: &Found, names: &mut Names) -> Entry {
+    let ft = f.meta.file_type();
+    Entry {
+        path: f.path.clone(),
+        kind: if ft.is_dir() {
+            Kind::Dir
+        } else if ft.is_symlink() {
+            Kind::Symlink
+        } else {
+            Kind::File
+        },
+        mode: f.meta.mode() & 0o7777,
+        uid: f.meta.uid(),
+        gid: f.meta.gid(),
+        user: names.user(f.meta.uid()),
+        group: names.group(f.meta.gid()),
+        size: if ft.is_file() { f.meta.len() } else { 0 },
+        mtime: f.meta.mtime(),
+        mtime_nsec: f.meta.mtime_nsec() as u32,
+        sha256: None,
+        link: None,
+    }
+}
+
+/// What the walk's entries became in the tar stream.
+struct Taken {
+    entries: Vec<Entry>,
+    changed: Vec<String>,
+    files: u64,
+    dirs: u64,
+    links: u64,
+    bytes: u64,
+}
+
+/// Write every entry the walk found into the tar stream, reading each file once.
+fn take_all(
+    root: &Root,
+    found: std::sync::mpsc::Receiver<Found>,
+    names: &mut Names,
+    pieces: Pieces,
+    bar: &indicatif::ProgressBar,
+) -> Result<Taken, BackupError> {
+    let mut tar = tar::Builder::new(pieces);
+    let mut t = Taken {
+        entries: Vec::new(),
+        changed: Vec::new(),
+        files: 0,
+        dirs: 0,
+        links: 0,
+        bytes: 0,
+    };
+    let stream_err = |e: io::Error| BackupError::CannotRead(format!("the archive's stream: {e}"));
+    for f in found {
+        let real = root.real(&f.logical);
+        let mut e = entry_of(&f, names);
+        match e.kind {
+            Kind::Dir => {
+                t.dirs += 1;
+                append(&mut tar, &e, io::empty()).map_err(stream_err)?;
+            }
+            Kind::Symlink => {
+                let target = fs::read_link(&real).map_err(BackupError::io("cannot read", &real))?;
+                let Some(target) = target.to_str() else {
+                    continue;
+                };
+                e.link = Some(target.to_string());
+                t.links += 1;
+                append(&mut tar, &e, io::empty()).map_err(stream_err)?;
+            }
+            Kind::File => {
+                // Never through a link swapped in since the walk.
+                let mut file = match fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&real)
+                {
+                    Ok(file) => file,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(BackupError::io("cannot read", &real)(e)),
+                };
+                let meta = file
+                    .metadata()
+                    .map_err(BackupError::io("cannot read", &real))?;
+                if !meta.is_file() {
+                    continue;
+                }
+                if meta.len() <= BUFFERED_MAX {
+                    let unstable = take_file(&mut tar, &mut e, &mut file)
+                        .map_err(BackupError::io("cannot read", &real))?;
+                    if unstable {
+                        t.changed.push(f.logical.display().to_string());
+                    }
+                } else {
+                    e.size = meta.len();
+                    e.mode = meta.mode() & 0o7777;
+                    e.mtime = meta.mtime();
+                    e.mtime_nsec = meta.mtime_nsec() as u32;
+                    let started = SystemTime::now();
+                    let (hash, short) = take_large_file(&mut tar, &e, &mut file)
+                        .map_err(BackupError::io("cannot read", &real))?;
+                    let after = file
+                        .metadata()
+                        .map_err(BackupError::io("cannot read", &real))?;
+                    let still = after.len() == meta.len()
+                        && (after.mtime(), after.mtime_nsec()) == (meta.mtime(), meta.mtime_nsec())
+                        && !written_while_read(&after, started, SystemTime::now());
+                    if short || !still {
+                        t.changed.push(f.logical.display().to_string());
+                    }
+                    e.sha256 = Some(manifest::hex(&hash));
+                }
+                t.files += 1;
+                t.bytes += e.size;
+                bar.inc(e.size);
+            }
+        }
+        t.entries.push(e);
+        tar.get_mut().ship(false).map_err(stream_err)?;
+    }
+    let mut pieces = tar.into_inner().map_err(stream_err)?;
+    pieces.ship(true).map_err(stream_err)?;
+
+    Ok(t)
 }
 
 /// `gatewayctl backup`.
@@ -415,14 +863,8 @@ pub fn backup(
     // The destination is never taken (it may sit inside a scope), nor is the manifest's place.
     let mut never = vec![Path::new("/").join(MANIFEST_PATH)];
     never.extend(root.logical(&dest));
-    let (found, skipped) = walk(root, &scopes, &never);
-    let total: u64 = found
-        .iter()
-        .filter(|f| f.meta.is_file())
-        .map(|f| f.meta.len())
-        .sum();
     let bar = match opts.progress {
-        true => indicatif::ProgressBar::new(total),
+        true => indicatif::ProgressBar::new(0),
         false => indicatif::ProgressBar::hidden(),
     };
     bar.set_style(
@@ -432,135 +874,7 @@ pub fn backup(
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
 
-    // 1. The body: every entry, compressed as it is read.
-    let (body_path, body_file) = install::create_beside(&archive, |t| {
-        fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(t)
-    })
-    .map_err(BackupError::io("cannot create a file in", &dest))?;
-    let cleanup = TempFiles(vec![body_path.clone()]);
-    let mut encoder = zstd::stream::write::Encoder::new(body_file, ZSTD_LEVEL)
-        .map_err(BackupError::io("cannot start compressing into", &body_path))?;
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-    let _ = encoder.multithread(threads);
-    let _ = encoder.include_checksum(true);
-    let mut tar = tar::Builder::new(io::BufWriter::with_capacity(1 << 20, encoder));
-    let mut names = Names::default();
-    let mut entries = Vec::with_capacity(found.len());
-    let mut changed = Vec::new();
-    let (mut files, mut dirs, mut links, mut bytes) = (0u64, 0u64, 0u64, 0u64);
-    let write_err = BackupError::io;
-    for f in &found {
-        let real = root.real(&f.logical);
-        let ft = f.meta.file_type();
-        let mut e = Entry {
-            path: f.path.clone(),
-            kind: Kind::Dir,
-            mode: f.meta.mode() & 0o7777,
-            uid: f.meta.uid(),
-            gid: f.meta.gid(),
-            user: names.user(f.meta.uid()),
-            group: names.group(f.meta.gid()),
-            size: 0,
-            mtime: f.meta.mtime(),
-            mtime_nsec: f.meta.mtime_nsec() as u32,
-            sha256: None,
-            link: None,
-        };
-        if ft.is_dir() {
-            dirs += 1;
-            append(&mut tar, &e, io::empty()).map_err(write_err("cannot write", &body_path))?;
-        } else if ft.is_symlink() {
-            let target = fs::read_link(&real).map_err(BackupError::io("cannot read", &real))?;
-            let Some(target) = target.to_str() else {
-                continue;
-            };
-            e.kind = Kind::Symlink;
-            e.link = Some(target.to_string());
-            links += 1;
-            append(&mut tar, &e, io::empty()).map_err(write_err("cannot write", &body_path))?;
-        } else {
-            e.kind = Kind::File;
-            // Never through a link swapped in since the walk.
-            let mut file = match fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&real)
-            {
-                Ok(file) => file,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(BackupError::io("cannot read", &real)(e)),
-            };
-            let meta = file
-                .metadata()
-                .map_err(BackupError::io("cannot read", &real))?;
-            if !meta.is_file() {
-                continue;
-            }
-            if meta.len() <= BUFFERED_MAX {
-                let (data, meta, unstable) =
-                    read_stable(&mut file, &real).map_err(BackupError::io("cannot read", &real))?;
-                if unstable {
-                    changed.push(f.logical.display().to_string());
-                }
-                e.size = data.len() as u64;
-                e.mode = meta.mode() & 0o7777;
-                e.mtime = meta.mtime();
-                e.mtime_nsec = meta.mtime_nsec() as u32;
-                e.sha256 = Some(manifest::sha256_hex(&data));
-                append(&mut tar, &e, data.as_slice())
-                    .map_err(write_err("cannot write", &body_path))?;
-            } else {
-                e.size = meta.len();
-                e.mtime = meta.mtime();
-                e.mtime_nsec = meta.mtime_nsec() as u32;
-                let mut reader = Exact {
-                    inner: io::BufReader::with_capacity(1 << 20, &file),
-                    left: meta.len(),
-                    hash: Sha256::new(),
-                    short: false,
-                };
-                let (h, pax) = header_of(&e);
-                if !pax.is_empty() {
-                    tar.append_pax_extensions(pax.iter().map(|(k, v)| (*k, v.as_slice())))
-                        .map_err(write_err("cannot write", &body_path))?;
-                }
-                tar.append(&h, &mut reader)
-                    .map_err(write_err("cannot write", &body_path))?;
-                let short = reader.short;
-                let hash = reader.hash.finalize();
-                let after = file
-                    .metadata()
-                    .map_err(BackupError::io("cannot read", &real))?;
-                let still = after.len() == meta.len()
-                    && (after.mtime(), after.mtime_nsec()) == (meta.mtime(), meta.mtime_nsec());
-                if short || !still {
-                    changed.push(f.logical.display().to_string());
-                }
-                e.sha256 = Some(manifest::hex(&hash));
-            }
-            files += 1;
-            bytes += e.size;
-            bar.inc(e.size);
-        }
-        entries.push(e);
-    }
-    let buffered = tar
-        .into_inner()
-        .map_err(write_err("cannot write", &body_path))?;
-    let encoder = buffered
-        .into_inner()
-        .map_err(|e| write_err("cannot write", &body_path)(e.into_error()))?;
-    let body_file = encoder
-        .finish()
-        .map_err(write_err("cannot finish compressing", &body_path))?;
-    drop(body_file);
-
-    // 2. The manifest, its own zstd frame first, then the body's frames.
-    let manifest = Manifest {
+    let manifest_of = |entries: Vec<Entry>| Manifest {
         format: manifest::FORMAT,
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
         host: inst.host.clone(),
@@ -575,6 +889,89 @@ pub fn backup(
         scopes: scopes.iter().map(scope_record).collect(),
         entries,
     };
+    // 1. The body: every entry, cut into pieces that worker threads hash and compress, the
+    // frames written in order after the manifest's room.
+    let (body_path, body_file) = install::create_beside(&archive, |t| {
+        fs::OpenOptions::new()
+            .write(true)
+            .read(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(t)
+    })
+    .map_err(BackupError::io("cannot create a file in", &dest))?;
+    let mut cleanup = TempFiles(vec![body_path.clone()]);
+    let mut names = Names::default();
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (taken, written, skipped) = std::thread::scope(|s| {
+        use std::sync::mpsc;
+        let (to_writer, packed) = mpsc::channel::<Packed>();
+        let (give_back, spent) = mpsc::channel::<Vec<u8>>();
+        // The workers share the pieces' receiver, which goes when the last of them ends (a
+        // failed write ends them): the walk's next send then fails instead of waiting forever.
+        let (to_workers, pieces) = mpsc::sync_channel::<Piece>(workers * 2);
+        let pieces = std::sync::Arc::new(std::sync::Mutex::new(pieces));
+        // The walk runs ahead of the reading, and works out the manifest's room once it knows
+        // every entry, while the first pieces are compressed.
+        let (to_reader, found) = mpsc::channel::<Found>();
+        let (to_writer_room, room) = mpsc::sync_channel::<io::Result<u64>>(1);
+        let (scopes, never, bar, manifest_of) = (&scopes, &never, &bar, &manifest_of);
+        let walker = s.spawn(move || {
+            let (mut estimate, mut names) = (Vec::new(), Names::default());
+            let skipped = walk(root, scopes, never, &mut |f| {
+                bar.inc_length(if f.meta.is_file() { f.meta.len() } else { 0 });
+                estimate.push(estimated_entry(estimate.len(), &f, &mut names));
+                let _ = to_reader.send(f);
+            });
+            drop(to_reader);
+            let _ = to_writer_room.send(manifest_room(&manifest_of(estimate)));
+            skipped
+        });
+        let room = move || {
+            room.recv()
+                .unwrap_or_else(|_| Err(io::Error::other("the walk stopped")))
+        };
+        let writer = s.spawn(move || write_frames(packed, body_file, room));
+        let packers: Vec<_> = (0..workers)
+            .map(|_| {
+                let (to_writer, give_back, pieces) =
+                    (to_writer.clone(), give_back.clone(), pieces.clone());
+                s.spawn(move || pack(&pieces, to_writer, give_back))
+            })
+            .collect();
+        drop((to_writer, give_back, pieces));
+        let pieces = Pieces {
+            buf: Vec::with_capacity(PIECE + (1 << 20)),
+            seq: 0,
+            to_workers,
+            spent,
+        };
+        let taken = take_all(root, found, &mut names, pieces, bar);
+        let skipped = walker.join().unwrap_or_default();
+        // The workers end when the pieces do (the sender went with `take_all`).
+        let packed = packers.into_iter().try_for_each(|p| {
+            p.join()
+                .unwrap_or_else(|_| Err(io::Error::other("a worker panicked")))
+        });
+        let written = writer
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the writer panicked")))
+            .and_then(|w| packed.map(|()| w));
+        (taken, written, skipped)
+    });
+    // A failed write stops the workers and then the walk: the write's error is the one to tell.
+    let (body, room) = written.map_err(BackupError::io("cannot write", &body_path))?;
+    let Taken {
+        entries,
+        changed,
+        files,
+        dirs,
+        links,
+        bytes,
+    } = taken?;
+
+    // 2. The manifest, its own zstd frame before the body's frames.
+    let manifest = manifest_of(entries);
     // Never an archive that restore would refuse (overlapping extra roots, say).
     super::restore::check_manifest(&manifest).map_err(|why| {
         BackupError::Config(format!(
@@ -583,47 +980,31 @@ pub fn backup(
     })?;
     let manifest_bytes = manifest.to_bytes();
     let manifest_sha = manifest::sha256_hex(&manifest_bytes);
-    let frame = manifest_frame(&manifest_bytes, created_unix)
-        .map_err(write_err("cannot compress the manifest for", &archive))?;
-    let (final_tmp, mut out) = install::create_beside(&archive, |t| {
-        fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(t)
-    })
-    .map_err(BackupError::io("cannot create a file in", &dest))?;
-    let mut cleanup = cleanup;
+    let frame = manifest_frame(&manifest_bytes, created_unix).map_err(BackupError::io(
+        "cannot compress the manifest for",
+        &archive,
+    ))?;
+    let (final_tmp, out) = place_manifest(&archive, (body_path.clone(), body.file), room, &frame)
+        .map_err(BackupError::io("cannot write", &body_path))?;
     cleanup.0.push(final_tmp.clone());
-    let mut whole = Sha256::new();
-    out.write_all(&frame)
-        .map_err(write_err("cannot write", &final_tmp))?;
-    whole.update(&frame);
-    let mut body =
-        fs::File::open(&body_path).map_err(BackupError::io("cannot read", &body_path))?;
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = body
-            .read(&mut buf)
-            .map_err(BackupError::io("cannot read", &body_path))?;
-        if n == 0 {
-            break;
-        }
-        whole.update(&buf[..n]);
-        out.write_all(&buf[..n])
-            .map_err(write_err("cannot write", &final_tmp))?;
-    }
-    out.sync_all()
-        .map_err(write_err("cannot sync", &final_tmp))?;
+
+    // 3. The archive on disk and its hash read back from it, at once; then the hash beside it
+    // (sha256sum's format: `sha256sum -c` checks it in that directory), then the archive under
+    // its name.
+    let (hashed, synced) = std::thread::scope(|s| {
+        let synced = s.spawn(|| out.sync_all());
+        (hash_file(&out), synced.join())
+    });
+    let hash = hashed.map_err(BackupError::io("cannot read", &final_tmp))?;
+    synced
+        .unwrap_or_else(|_| Err(io::Error::other("the fsync thread panicked")))
+        .map_err(BackupError::io("cannot sync", &final_tmp))?;
     let archive_bytes = out
         .metadata()
         .map_err(BackupError::io("cannot read", &final_tmp))?
         .len();
     drop(out);
-
-    // 3. The archive's hash beside it (sha256sum's format: `sha256sum -c` checks it in that
-    // directory), then the archive under its name.
-    let archive_sha = manifest::hex(&whole.finalize());
+    let archive_sha = manifest::hex(&hash);
     let sidecar = sidecar_of(&archive);
     let name = archive
         .file_name()
@@ -635,11 +1016,12 @@ pub fn backup(
         format!("{archive_sha}  {name}\n").as_bytes(),
         0o600,
     )
-    .map_err(write_err("cannot write", &sidecar))?;
-    fs::rename(&final_tmp, &archive).map_err(write_err("cannot rename into place", &archive))?;
+    .map_err(BackupError::io("cannot write", &sidecar))?;
+    fs::rename(&final_tmp, &archive)
+        .map_err(BackupError::io("cannot rename into place", &archive))?;
     fs::File::open(&dest)
         .and_then(|d| d.sync_all())
-        .map_err(write_err("cannot sync", &dest))?;
+        .map_err(BackupError::io("cannot sync", &dest))?;
     drop(cleanup);
     bar.finish_and_clear();
     Ok(BackupSummary {
@@ -727,6 +1109,104 @@ impl Drop for TempFiles {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A body of zstd frames written from `room` on, as the backup writes it.
+    fn body_at(dir: &Path, room: u64, content: &[u8]) -> (PathBuf, fs::File) {
+        use std::io::Seek;
+        let path = dir.join("body");
+        let mut f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .unwrap();
+        f.seek(io::SeekFrom::Start(room)).unwrap();
+        for half in content.chunks(content.len() / 2 + 1) {
+            f.write_all(&zstd::bulk::compress(half, 3).unwrap())
+                .unwrap();
+        }
+        (path, f)
+    }
+
+    #[test]
+    fn the_manifest_goes_into_its_room_or_the_body_moves_behind_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = b"the manifest member".repeat(40);
+        let frame = zstd::bulk::compress(&manifest, 3).unwrap();
+        let body = b"the body's tar stream ".repeat(5000);
+        let archive = dir.path().join("a.tar.zst");
+        // Room to spare: the frame, a skippable frame over the rest, the body untouched.
+        let room = frame.len() as u64 + 100;
+        let (path, file) =
+            place_manifest(&archive, body_at(dir.path(), room, &body), room, &frame).unwrap();
+        assert_eq!(path, dir.path().join("body"), "written in place");
+        drop(file);
+        let bytes = fs::read(&path).unwrap();
+        assert_eq!(&bytes[..frame.len()], &frame[..]);
+        let mut whole = Vec::new();
+        zstd::stream::copy_decode(bytes.as_slice(), &mut whole).unwrap();
+        assert_eq!(whole, [manifest.as_slice(), body.as_slice()].concat());
+        fs::remove_file(&path).unwrap();
+
+        // Exactly the frame and a skippable header: still in place; one byte less: moved.
+        for (room, moved) in [
+            (frame.len() as u64 + 8, false),
+            (frame.len() as u64 + 7, true),
+        ] {
+            let (path, file) =
+                place_manifest(&archive, body_at(dir.path(), room, &body), room, &frame).unwrap();
+            drop(file);
+            assert_eq!(path != dir.path().join("body"), moved, "room {room}");
+            assert_eq!(
+                dir.path().join("body").exists(),
+                !moved,
+                "the first file goes"
+            );
+            let mut whole = Vec::new();
+            zstd::stream::copy_decode(fs::read(&path).unwrap().as_slice(), &mut whole).unwrap();
+            assert_eq!(whole, [manifest.as_slice(), body.as_slice()].concat());
+            fs::remove_file(&path).unwrap();
+        }
+    }
+
+    #[test]
+    fn the_room_holds_the_manifest_the_walk_promised() {
+        // Stand-in hashes compress as badly as real ones: a manifest of real hashes fits.
+        let entry = |k: usize, sha: String| Entry {
+            path: format!("opt/apigateway/groups/group-1/conf/fed/entity-{k}.xml"),
+            kind: Kind::File,
+            mode: 0o644,
+            uid: 1000,
+            gid: 1000,
+            user: Some("gateway".into()),
+            group: Some("gateway".into()),
+            size: 4096 + k as u64,
+            mtime: 1_795_000_000 + k as i64,
+            mtime_nsec: 123_456_789,
+            sha256: Some(sha),
+            link: None,
+        };
+        let manifest = |hash: &dyn Fn(usize) -> String| Manifest {
+            format: manifest::FORMAT,
+            tool_version: "test".into(),
+            host: "gw1.example.com".into(),
+            created: "2026-11-23T00:00:00Z".into(),
+            created_unix: 1_795_000_000,
+            install_dir: "opt/apigateway".into(),
+            scopes: Vec::new(),
+            entries: (0..5000).map(|k| entry(k, hash(k))).collect(),
+        };
+        let room = manifest_room(&manifest(&|k| stand_in_hash(k as u64))).unwrap();
+        let real = manifest(&|k| manifest::sha256_hex(format!("content {k}").as_bytes()));
+        let frame = manifest_frame(&real.to_bytes(), real.created_unix).unwrap();
+        assert!(frame.len() as u64 + 8 <= room, "{} in {room}", frame.len());
+        // And not wastefully more.
+        assert!(
+            room < frame.len() as u64 * 3 / 2 + 8192,
+            "{} in {room}",
+            frame.len()
+        );
+    }
 
     #[test]
     fn pax_times_round_trip_before_and_after_the_epoch() {
