@@ -129,6 +129,7 @@ fn settle() {
 struct FreshFs {
     mount: PathBuf,
     image: PathBuf,
+    device: PathBuf,
 }
 
 impl FreshFs {
@@ -141,17 +142,28 @@ impl FreshFs {
         f.set_len(size).unwrap();
         let ok = |c: &mut Command| assert!(c.status().unwrap().success(), "{c:?}");
         ok(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image));
-        ok(Command::new("mount")
-            .args(["-o", "loop"])
+        // Direct I/O: what the filesystem writes back reaches the disk then, as on a host's
+        // own disk, not the page cache of the file behind the loop device.
+        let out = Command::new("losetup")
+            .args(["-f", "--show", "--direct-io=on"])
             .arg(&image)
-            .arg(&mount));
-        FreshFs { mount, image }
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "losetup: {out:?}");
+        let device = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        ok(Command::new("mount").arg(&device).arg(&mount));
+        FreshFs {
+            mount,
+            image,
+            device,
+        }
     }
 }
 
 impl Drop for FreshFs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.mount).status();
+        let _ = Command::new("losetup").arg("-d").arg(&self.device).status();
         let _ = fs::remove_file(&self.image);
         let _ = fs::remove_dir(&self.mount);
     }
