@@ -634,11 +634,10 @@ fn is_zeros(piece: &[u8]) -> bool {
             .all(|c| c.iter().fold(0u8, |acc, b| acc | b) == 0)
 }
 
-/// Write a file's data, keeping runs of zeros as holes (a sparse file stays sparse); `end`
-/// says whether this is the file's last piece. Only a file that ends in a hole is extended
-/// with `ftruncate`: on ext4 a truncate of a new file makes its close wait for the data
-/// (auto_da_alloc), which a restore of many files must not. Returns whether the piece ended in
-/// a hole.
+/// Write a piece of a file's data, keeping runs of zeros as holes (a sparse file stays
+/// sparse). Returns whether the piece ended in a hole: the caller then extends the file to its
+/// size with `ftruncate`, which only such a file gets (on ext4 a truncate of a new file makes
+/// its close wait for the data, auto_da_alloc, which a restore of many files must not).
 fn write_holes(file: &mut fs::File, data: &[u8]) -> io::Result<bool> {
     let mut ends_in_hole = false;
     let mut pending: Option<&[u8]> = None;
@@ -725,12 +724,22 @@ const FLUSH_STEP: u64 = 64 << 20;
 struct Flusher {
     written: std::sync::Arc<std::sync::atomic::AtomicU64>,
     done: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    thread: std::sync::Mutex<Option<std::thread::JoinHandle<Option<String>>>>,
 }
 
 impl Flusher {
-    fn start(dirs: Vec<PathBuf>) -> Self {
+    /// Start syncing the filesystems of `dirs` (each staging directory, opened before anything
+    /// was written into it), one directory per filesystem.
+    fn start(dirs: &[(PathBuf, fs::File)]) -> io::Result<Self> {
+        use std::os::unix::fs::MetadataExt;
         use std::sync::atomic::Ordering;
+        let mut mine: Vec<(PathBuf, fs::File)> = Vec::new();
+        let mut devices = BTreeSet::new();
+        for (path, dir) in dirs {
+            if devices.insert(dir.metadata()?.dev()) {
+                mine.push((path.clone(), dir.try_clone()?));
+            }
+        }
         let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (w, d) = (written.clone(), done.clone());
@@ -742,31 +751,40 @@ impl Flusher {
                     std::thread::sleep(std::time::Duration::from_millis(20));
                     continue;
                 }
-                // A failure here is met again by the sync before the swap, which reports it.
-                for dir in &dirs {
-                    let _ = fs::File::open(dir).map(|f| nix::unistd::syncfs(&f));
+                // A failed writeback is reported once per open file (syncfs consumes it): it
+                // is told here, or the sync before the swap would never hear of it.
+                for (path, dir) in &mine {
+                    if let Err(e) = nix::unistd::syncfs(dir) {
+                        return Some(format!("{}: {e}", path.display()));
+                    }
                 }
                 synced = now;
             }
+            None
         });
-        Flusher {
+        Ok(Flusher {
             written,
             done,
             thread: std::sync::Mutex::new(Some(thread)),
-        }
+        })
     }
 
-    /// Count bytes written.
+    /// Count bytes written, towards the next sync.
     fn wrote(&self, bytes: u64) {
         self.written
             .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Stop (the sync before the swap does the rest).
-    fn stop(&self) {
+    /// Stop (the sync before the swap does the rest); a sync that failed, if any.
+    fn stop(&self) -> Result<(), String> {
         self.done.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(t) = self.thread.lock().ok().and_then(|mut t| t.take()) {
-            let _ = t.join();
+        match self.thread.lock().ok().and_then(|mut t| t.take()) {
+            Some(t) => match t.join() {
+                Ok(None) => Ok(()),
+                Ok(Some(failed)) => Err(failed),
+                Err(_) => Err("the syncing thread panicked".into()),
+            },
+            None => Ok(()),
         }
     }
 }
@@ -779,7 +797,8 @@ impl Drop for Flusher {
 }
 
 /// Files up to this size are read whole and handed to the writer threads; larger ones are
-/// written as they are read. Bounds what is held in memory: the queue's length times this.
+/// written as they are read. Bounds what is held in memory: at most three times as many files
+/// as there are writers (two queued per writer, one each being written), of this size each.
 const HANDED_MAX: u64 = 8 << 20;
 
 /// A file for a writer thread: where it goes, its content, its metadata.
@@ -811,8 +830,9 @@ struct Writers {
 
 impl Writers {
     fn start(flusher: &std::sync::Arc<Flusher>) -> Self {
-        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let (jobs, rx) = std::sync::mpsc::sync_channel::<FileJob>(32);
+        // Four writers keep a disk busy; more only hold more files in memory.
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+        let (jobs, rx) = std::sync::mpsc::sync_channel::<FileJob>(2 * n);
         let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
         let failed = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
         let threads = (0..n)
@@ -854,13 +874,12 @@ impl Writers {
     /// Wait for every handed-over file to be written; the first failure, if any.
     fn finish(self) -> Result<(), String> {
         drop(self.jobs);
-        for t in self.threads {
-            if t.join().is_err() {
-                return Err("a writer thread panicked".into());
-            }
-        }
+        // Every one joined before staging may be removed: none is left writing into it.
+        let joined: Vec<_> = self.threads.into_iter().map(|t| t.join()).collect();
+        let panicked = joined.iter().any(Result::is_err);
         match self.failed.lock().ok().and_then(|f| f.clone()) {
             Some(why) => Err(why),
+            None if panicked => Err("a writer thread panicked".into()),
             None => Ok(()),
         }
     }
@@ -1069,6 +1088,9 @@ pub fn restore(
         let _ = fs::remove_file(target.join(INTENT));
         e
     };
+    // Each staging directory is opened once, before anything is written into it: the sync
+    // before the swap, through these, hears of every writeback that failed since.
+    let mut staged_dirs: Vec<(PathBuf, fs::File)> = Vec::new();
     for s in &staging {
         use std::os::unix::fs::DirBuilderExt;
         let dir = target.join(s);
@@ -1084,6 +1106,10 @@ pub fn restore(
             .create(&dir)
             .map_err(BackupError::io("cannot create", &dir))
             .map_err(abort)?;
+        let fd = fs::File::open(&dir)
+            .map_err(BackupError::io("cannot open", &dir))
+            .map_err(abort)?;
+        staged_dirs.push((dir, fd));
     }
     let landing_of = |path: &str| -> Option<&Landing> {
         landings
@@ -1095,9 +1121,11 @@ pub fn restore(
     let mut written = 0u64;
     let mut write_failure: Option<String> = None;
     let mut buf = vec![0u8; 1 << 20];
-    let flusher = std::sync::Arc::new(Flusher::start(
-        staging.iter().map(|s| target.join(s)).collect(),
-    ));
+    let flusher = std::sync::Arc::new(
+        Flusher::start(&staged_dirs)
+            .map_err(BackupError::io("cannot open", target))
+            .map_err(abort)?,
+    );
     let writers = Writers::start(&flusher);
     let read = super::verify::read(archive, true, &mut |e: &Entry, data: &mut dyn Read| {
         let l = landing_of(&e.path).ok_or_else(|| io::Error::other("outside every scope"))?;
@@ -1154,10 +1182,13 @@ pub fn restore(
         }
         done
     });
+    // A writer's own failure is the cause of whatever the reading met after it.
     if let Err(failed) = writers.finish() {
+        write_failure = Some(failed);
+    }
+    if let Err(failed) = flusher.stop() {
         write_failure.get_or_insert(failed);
     }
-    flusher.stop();
     let problems = match read {
         Ok((_, _, problems)) => problems,
         Err(super::verify::ReadError::CannotRead(why)) => {
@@ -1221,11 +1252,10 @@ pub fn restore(
 
     // Everything staged reaches the disk before anything is swapped: one syncfs per
     // filesystem instead of an fsync per file.
-    for s in &staging {
-        let dir = target.join(s);
-        fs::File::open(&dir)
-            .and_then(|d| nix::unistd::syncfs(&d).map_err(io::Error::from))
-            .map_err(BackupError::io("cannot sync", &dir))
+    for (dir, fd) in &staged_dirs {
+        nix::unistd::syncfs(fd)
+            .map_err(io::Error::from)
+            .map_err(BackupError::io("cannot sync", dir))
             .map_err(abort)?;
     }
     // Only one restore can be rolled back: the previous one's rollback copies go once this

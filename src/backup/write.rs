@@ -1,7 +1,9 @@
 //! `gatewayctl backup`: walk the scopes (never following a symbolic link), stream every entry
-//! into a tar (pax) body compressed with zstd while hashing it, then write the archive as the
-//! manifest's own zstd frame followed by the body's: one standard `.tar.zst`, manifest first,
-//! each file read once, and the hash in the manifest exactly that of the bytes in the archive.
+//! into a tar (pax) body cut into pieces that worker threads compress as zstd frames of their
+//! own, written after room kept at the archive's start; then put the manifest's own zstd frame
+//! into that room (a skippable frame fills the rest). One standard `.tar.zst`, manifest first,
+//! each file read once unless it changed while read, and the hash in the manifest exactly that
+//! of the bytes in the archive.
 
 use super::manifest::{self, Entry, Kind, Manifest, ScopeRecord, MANIFEST_PATH};
 use super::scope::{Scope, ScopeKind};
@@ -15,9 +17,10 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-/// Files up to this size are read whole into memory, so that one that changes while being
-/// read can be read again before anything is written.
-const BUFFERED_MAX: u64 = 64 * 1024 * 1024;
+/// Files up to this size are read whole into the current piece, so that one that changes while
+/// being read can be read again before it is sent on; larger ones are streamed (and reported
+/// when they change). Bounds a piece to twice [`PIECE`].
+const BUFFERED_MAX: u64 = PIECE as u64;
 /// How often a changing file is read again before it is taken as it is and reported.
 const READ_ATTEMPTS: u32 = 3;
 /// The zstd level of archives (zstd's own default).
@@ -76,13 +79,13 @@ struct Found {
     meta: fs::Metadata,
 }
 
-/// Walk the scopes: every entry to take goes to `found`, in archive order; returns what was
-/// left out.
+/// Walk the scopes: every entry to take goes to `found`, in archive order, until it says to
+/// stop (the backup failed); returns what was left out.
 fn walk(
     root: &Root,
     scopes: &[Scope],
     never: &[PathBuf],
-    found: &mut dyn FnMut(Found),
+    found: &mut dyn FnMut(Found) -> bool,
 ) -> Vec<String> {
     let mut skipped = Vec::new();
     for scope in scopes {
@@ -118,20 +121,22 @@ fn walk(
                 ));
                 continue;
             }
-            walk_tree(root, &start, &never, found, &mut skipped);
+            if !walk_tree(root, &start, &never, found, &mut skipped) {
+                return skipped;
+            }
         }
     }
     skipped
 }
 
-/// Walk one tree in name order, never following a symbolic link.
+/// Walk one tree in name order, never following a symbolic link; false when told to stop.
 fn walk_tree(
     root: &Root,
     start: &Path,
     never: &[PathBuf],
-    found: &mut dyn FnMut(Found),
+    found: &mut dyn FnMut(Found) -> bool,
     skipped: &mut Vec<String>,
-) {
+) -> bool {
     let mut stack = vec![start.to_path_buf()];
     while let Some(p) = stack.pop() {
         if never.iter().any(|n| p.starts_with(n)) {
@@ -179,12 +184,16 @@ fn walk_tree(
             children.reverse();
             stack.extend(children);
         }
-        found(Found {
+        let more = found(Found {
             logical: p,
             path,
             meta,
         });
+        if !more {
+            return false;
+        }
     }
+    true
 }
 
 /// User and group names by id, looked up once each.
@@ -379,7 +388,7 @@ impl Pieces {
 /// A worker: compress each piece into a frame of its own.
 fn pack(
     pieces: &std::sync::Mutex<std::sync::mpsc::Receiver<Piece>>,
-    packed: std::sync::mpsc::Sender<Packed>,
+    packed: std::sync::mpsc::SyncSender<Packed>,
     spent: std::sync::mpsc::Sender<Vec<u8>>,
 ) -> io::Result<()> {
     let mut zstd = zstd::bulk::Compressor::new(ZSTD_LEVEL)?;
@@ -407,7 +416,8 @@ fn pack(
 }
 
 /// The writer: the frames in the order of their pieces, into the archive's file after the
-/// manifest's `room`; returns the file and the room.
+/// manifest's `room` (known once the walk ended); returns the file, as the body it now holds,
+/// and the room.
 fn write_frames(
     packed: std::sync::mpsc::Receiver<Packed>,
     mut file: fs::File,
@@ -440,29 +450,54 @@ fn write_frames(
 const CLOCK_TICK: Duration = Duration::from_millis(20);
 
 /// Whether a file was last modified while it was being read (from a tick before `started` to
-/// `ended`). Equal sizes and times before and after a read then prove nothing: on many
-/// filesystems a file's time moves once per clock tick, so a write during a short read may
+/// a tick after `ended`). Equal sizes and times before and after a read then prove nothing: on
+/// many filesystems a file's time moves once per clock tick, so a write during a short read may
 /// leave it as it was and the bytes read torn.
 fn written_while_read(meta: &fs::Metadata, started: SystemTime, ended: SystemTime) -> bool {
     match meta.modified() {
-        Ok(mtime) => mtime + CLOCK_TICK >= started && mtime <= ended + CLOCK_TICK,
+        Ok(mtime) => {
+            mtime.checked_add(CLOCK_TICK).is_some_and(|m| m >= started)
+                && ended.checked_add(CLOCK_TICK).is_some_and(|e| mtime <= e)
+        }
         Err(_) => true,
     }
+}
+
+/// Whether a file was modified within a tick of now: reading it at once could not tell a
+/// write during the read from the write just before it (see [`written_while_read`]).
+fn modified_lately(meta: &fs::Metadata) -> bool {
+    let now = SystemTime::now();
+    written_while_read(meta, now, now)
+}
+
+/// The metadata of a file to read, after waiting out a write that happened just now (so that
+/// a quiet file is never taken for one written while read).
+fn settled_metadata(file: &fs::File) -> io::Result<fs::Metadata> {
+    let meta = file.metadata()?;
+    if !modified_lately(&meta) {
+        return Ok(meta);
+    }
+    std::thread::sleep(CLOCK_TICK);
+    file.metadata()
 }
 
 /// Take a file of at most [`BUFFERED_MAX`] bytes: its header and data straight into the
 /// current piece, again while it changes (size or mtime differ before and after the read, or
 /// it was written while read); one that never holds still is taken as last read. Returns
-/// whether it never held still.
+/// whether it never held still, or None when it has grown past [`BUFFERED_MAX`] (nothing of it
+/// is in the piece then: it is to be streamed).
 fn take_file(
     tar: &mut tar::Builder<Pieces>,
     e: &mut Entry,
     file: &mut fs::File,
-) -> io::Result<bool> {
+) -> io::Result<Option<bool>> {
     use std::io::Seek;
     for attempt in 0..READ_ATTEMPTS {
+        let before = settled_metadata(file)?;
         let started = SystemTime::now();
-        let before = file.metadata()?;
+        if before.len() > BUFFERED_MAX {
+            return Ok(None);
+        }
         if attempt > 0 {
             file.seek(io::SeekFrom::Start(0))?;
         }
@@ -488,7 +523,7 @@ fn take_file(
         if same && !racy {
             e.sha256 = Some(manifest::sha256_hex(&p.buf[start..]));
             pad(p, n)?;
-            return Ok(false);
+            return Ok(Some(false));
         }
         if attempt + 1 == READ_ATTEMPTS {
             let data = p.buf.split_off(start);
@@ -501,13 +536,9 @@ fn take_file(
             p.buf.extend_from_slice(&data);
             e.sha256 = Some(manifest::sha256_hex(&data));
             pad(p, e.size)?;
-            return Ok(true);
+            return Ok(Some(true));
         }
         p.buf.truncate(mark);
-        if racy {
-            // Let the clock move on: the next read then tells a write from a quiet file.
-            std::thread::sleep(CLOCK_TICK);
-        }
     }
     unreachable!("the last attempt returns")
 }
@@ -598,7 +629,7 @@ fn estimated_entry(k: usize, f: &Found, names: &mut Names) -> Entry {
     let mut e = entry_of(f, names);
     match e.kind {
         Kind::File => e.sha256 = Some(stand_in_hash(k as u64)),
-        Kind::Symlink => e.link = Some("x".repeat(f.meta.len() as usize)),
+        Kind::Symlink => e.link = Some(stand_in(k as u64, f.meta.len() as usize)),
         Kind::Dir => {}
     }
     e
@@ -606,15 +637,21 @@ fn estimated_entry(k: usize, f: &Found, names: &mut Names) -> Entry {
 
 /// A hash-like stand-in for the estimate: 64 hex digits that compress as badly as a sha256.
 fn stand_in_hash(seed: u64) -> String {
+    stand_in(seed, 64)
+}
+
+/// `len` pseudo-random hex digits: text that compresses as badly as a hash (or worse than a
+/// link target: the room then errs on the large side).
+fn stand_in(seed: u64, len: usize) -> String {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = String::with_capacity(64);
-    while out.len() < 64 {
+    let mut out = String::with_capacity(len + 16);
+    while out.len() < len {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
         out.push_str(&format!("{x:016x}"));
     }
-    out.truncate(64);
+    out.truncate(len);
     out
 }
 
@@ -717,7 +754,8 @@ struct Taken {
     bytes: u64,
 }
 
-/// Write every entry the walk found into the tar stream, reading each file once.
+/// Write every entry the walk finds into the tar stream, reading each file once (again only
+/// when it changed while read).
 fn take_all(
     root: &Root,
     found: std::sync::mpsc::Receiver<Found>,
@@ -769,30 +807,39 @@ fn take_all(
                 if !meta.is_file() {
                     continue;
                 }
-                if meta.len() <= BUFFERED_MAX {
-                    let unstable = take_file(&mut tar, &mut e, &mut file)
-                        .map_err(BackupError::io("cannot read", &real))?;
-                    if unstable {
-                        t.changed.push(f.logical.display().to_string());
+                let buffered = match meta.len() <= BUFFERED_MAX {
+                    true => take_file(&mut tar, &mut e, &mut file)
+                        .map_err(BackupError::io("cannot read", &real))?,
+                    false => None,
+                };
+                let unstable = match buffered {
+                    Some(unstable) => unstable,
+                    None => {
+                        use std::io::Seek;
+                        let read_err = BackupError::io("cannot read", &real);
+                        file.seek(io::SeekFrom::Start(0)).map_err(read_err)?;
+                        let meta = settled_metadata(&file)
+                            .map_err(BackupError::io("cannot read", &real))?;
+                        e.size = meta.len();
+                        e.mode = meta.mode() & 0o7777;
+                        e.mtime = meta.mtime();
+                        e.mtime_nsec = meta.mtime_nsec() as u32;
+                        let started = SystemTime::now();
+                        let (hash, short) = take_large_file(&mut tar, &e, &mut file)
+                            .map_err(BackupError::io("cannot read", &real))?;
+                        let after = file
+                            .metadata()
+                            .map_err(BackupError::io("cannot read", &real))?;
+                        e.sha256 = Some(manifest::hex(&hash));
+                        short
+                            || after.len() != meta.len()
+                            || (after.mtime(), after.mtime_nsec())
+                                != (meta.mtime(), meta.mtime_nsec())
+                            || written_while_read(&after, started, SystemTime::now())
                     }
-                } else {
-                    e.size = meta.len();
-                    e.mode = meta.mode() & 0o7777;
-                    e.mtime = meta.mtime();
-                    e.mtime_nsec = meta.mtime_nsec() as u32;
-                    let started = SystemTime::now();
-                    let (hash, short) = take_large_file(&mut tar, &e, &mut file)
-                        .map_err(BackupError::io("cannot read", &real))?;
-                    let after = file
-                        .metadata()
-                        .map_err(BackupError::io("cannot read", &real))?;
-                    let still = after.len() == meta.len()
-                        && (after.mtime(), after.mtime_nsec()) == (meta.mtime(), meta.mtime_nsec())
-                        && !written_while_read(&after, started, SystemTime::now());
-                    if short || !still {
-                        t.changed.push(f.logical.display().to_string());
-                    }
-                    e.sha256 = Some(manifest::hex(&hash));
+                };
+                if unstable {
+                    t.changed.push(f.logical.display().to_string());
                 }
                 t.files += 1;
                 t.bytes += e.size;
@@ -902,17 +949,23 @@ pub fn backup(
     .map_err(BackupError::io("cannot create a file in", &dest))?;
     let mut cleanup = TempFiles(vec![body_path.clone()]);
     let mut names = Names::default();
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let (taken, written, skipped) = std::thread::scope(|s| {
+    // At most four compressing threads: a backup runs beside serving gateways, and each thread
+    // adds pieces in flight (at most three per thread, up to twice PIECE each).
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    let (taken, written, walked) = std::thread::scope(|s| {
         use std::sync::mpsc;
-        let (to_writer, packed) = mpsc::channel::<Packed>();
+        // Bounded both ways: a destination slower than compression holds the reading back
+        // instead of filling memory with frames.
+        let (to_writer, packed) = mpsc::sync_channel::<Packed>(workers);
         let (give_back, spent) = mpsc::channel::<Vec<u8>>();
         // The workers share the pieces' receiver, which goes when the last of them ends (a
-        // failed write ends them): the walk's next send then fails instead of waiting forever.
-        let (to_workers, pieces) = mpsc::sync_channel::<Piece>(workers * 2);
+        // failed write ends them): the reader's next send then fails instead of waiting forever.
+        let (to_workers, pieces) = mpsc::sync_channel::<Piece>(workers);
         let pieces = std::sync::Arc::new(std::sync::Mutex::new(pieces));
         // The walk runs ahead of the reading, and works out the manifest's room once it knows
-        // every entry, while the first pieces are compressed.
+        // every entry, while the first pieces are compressed. Its channel is unbounded: the
+        // writer waits for the room before it takes a frame, so a walk that waited for the
+        // reader would wait for itself.
         let (to_reader, found) = mpsc::channel::<Found>();
         let (to_writer_room, room) = mpsc::sync_channel::<io::Result<u64>>(1);
         let (scopes, never, bar, manifest_of) = (&scopes, &never, &bar, &manifest_of);
@@ -921,7 +974,8 @@ pub fn backup(
             let skipped = walk(root, scopes, never, &mut |f| {
                 bar.inc_length(if f.meta.is_file() { f.meta.len() } else { 0 });
                 estimate.push(estimated_entry(estimate.len(), &f, &mut names));
-                let _ = to_reader.send(f);
+                // The reader stopped (the backup failed): so does the walk.
+                to_reader.send(f).is_ok()
             });
             drop(to_reader);
             let _ = to_writer_room.send(manifest_room(&manifest_of(estimate)));
@@ -947,19 +1001,29 @@ pub fn backup(
             spent,
         };
         let taken = take_all(root, found, &mut names, pieces, bar);
-        let skipped = walker.join().unwrap_or_default();
-        // The workers end when the pieces do (the sender went with `take_all`).
-        let packed = packers.into_iter().try_for_each(|p| {
-            p.join()
-                .unwrap_or_else(|_| Err(io::Error::other("a worker panicked")))
-        });
+        let walked = walker.join();
+        // The workers end when the pieces do (the sender went with `take_all`); each is
+        // joined, and a worker's own failure is told before the writer's that follows from it.
+        let joined: Vec<io::Result<()>> = packers
+            .into_iter()
+            .map(|p| {
+                p.join()
+                    .unwrap_or_else(|_| Err(io::Error::other("a compressing thread panicked")))
+            })
+            .collect();
+        let packed: io::Result<()> = joined.into_iter().collect();
         let written = writer
             .join()
-            .unwrap_or_else(|_| Err(io::Error::other("the writer panicked")))
-            .and_then(|w| packed.map(|()| w));
-        (taken, written, skipped)
+            .unwrap_or_else(|_| Err(io::Error::other("the writing thread panicked")));
+        (taken, packed.and(written), walked)
     });
-    // A failed write stops the workers and then the walk: the write's error is the one to tell.
+    let skipped = walked.map_err(|_| {
+        BackupError::Config(
+            "the walk of the scopes stopped unexpectedly (a bug: please report it); no archive was written".into(),
+        )
+    })?;
+    // A failed write stops the workers and then the reading: the write's error is the one to
+    // tell.
     let (body, room) = written.map_err(BackupError::io("cannot write", &body_path))?;
     let Taken {
         entries,
@@ -985,7 +1049,7 @@ pub fn backup(
         &archive,
     ))?;
     let (final_tmp, out) = place_manifest(&archive, (body_path.clone(), body.file), room, &frame)
-        .map_err(BackupError::io("cannot write", &body_path))?;
+        .map_err(BackupError::io("cannot write the archive in", &dest))?;
     cleanup.0.push(final_tmp.clone());
 
     // 3. The archive on disk and its hash read back from it, at once; then the hash beside it
@@ -1206,6 +1270,55 @@ mod tests {
             "{} in {room}",
             frame.len()
         );
+    }
+
+    #[test]
+    fn a_file_is_racy_only_when_written_within_a_tick_of_its_read() {
+        use nix::sys::time::TimeSpec;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        fs::write(&path, b"x").unwrap();
+        let set = |secs: i64| {
+            let t = TimeSpec::new(secs, 0);
+            nix::sys::stat::utimensat(
+                nix::fcntl::AT_FDCWD,
+                &path,
+                &t,
+                &t,
+                nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+            )
+            .unwrap();
+            fs::metadata(&path).unwrap()
+        };
+        // Just written: racy now, and not once a tick has passed (what settled_metadata waits).
+        let fresh = fs::metadata(&path).unwrap();
+        assert!(modified_lately(&fresh));
+        let settled = settled_metadata(&fs::File::open(&path).unwrap()).unwrap();
+        let now = SystemTime::now();
+        assert!(!written_while_read(&settled, now, now));
+        // Long ago, in the future (a skewed clock), at the end of time: never racy, no panic.
+        let now_secs = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        for secs in [1_000_000_000, now_secs + 3600, i64::MAX / 2_000_000_000] {
+            let meta = set(secs);
+            assert!(!modified_lately(&meta), "{secs}");
+        }
+        // Written during the read window (a tick before its start to a tick after its end).
+        let meta = set(now_secs);
+        let started = SystemTime::UNIX_EPOCH + Duration::from_secs(now_secs as u64);
+        assert!(written_while_read(&meta, started, started));
+        assert!(written_while_read(
+            &meta,
+            started + Duration::from_millis(15),
+            started + Duration::from_secs(1)
+        ));
+        assert!(!written_while_read(
+            &meta,
+            started + Duration::from_millis(25),
+            started + Duration::from_secs(1)
+        ));
     }
 
     #[test]
