@@ -727,7 +727,12 @@ mod random {
             })
             .to_string();
             if self.truncate {
-                topology.truncate(topology.len() / 2);
+                // Cut halfway, at a character boundary (names may be any Unicode).
+                let cut = (0..=topology.len() / 2)
+                    .rev()
+                    .find(|&k| topology.is_char_boundary(k))
+                    .unwrap_or(0);
+                topology.truncate(cut);
             }
             fs::write(install.join("groups/topology.json"), &topology).unwrap();
             for g in &self.groups {
