@@ -676,14 +676,7 @@ fn place_manifest(
         file.write_all_at(&head, 0)?;
         return Ok((path, file));
     }
-    let (moved, mut out) = install::create_beside(archive, |t| {
-        fs::OpenOptions::new()
-            .write(true)
-            .read(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(t)
-    })?;
+    let (moved, mut out) = create_archive_file(archive)?;
     let copied = (|| {
         out.write_all(frame)?;
         let mut body = &file;
@@ -700,6 +693,19 @@ fn place_manifest(
             Err(e)
         }
     }
+}
+
+/// A new file for the archive beside where it will be, under a temporary name, private to
+/// root (it holds private keys) until it is complete.
+fn create_archive_file(archive: &Path) -> io::Result<(PathBuf, fs::File)> {
+    install::create_beside(archive, |t| {
+        fs::OpenOptions::new()
+            .write(true)
+            .read(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(t)
+    })
 }
 
 /// sha256 of a whole file, read from its start.
@@ -936,17 +942,10 @@ pub fn backup(
         scopes: scopes.iter().map(scope_record).collect(),
         entries,
     };
-    // 1. The body: every entry, cut into pieces that worker threads hash and compress, the
-    // frames written in order after the manifest's room.
-    let (body_path, body_file) = install::create_beside(&archive, |t| {
-        fs::OpenOptions::new()
-            .write(true)
-            .read(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(t)
-    })
-    .map_err(BackupError::io("cannot create a file in", &dest))?;
+    // 1. The body: every entry, cut into pieces that worker threads compress, the frames
+    // written in order after the manifest's room.
+    let (body_path, body_file) =
+        create_archive_file(&archive).map_err(BackupError::io("cannot create a file in", &dest))?;
     let mut cleanup = TempFiles(vec![body_path.clone()]);
     let mut names = Names::default();
     // At most four compressing threads: a backup runs beside serving gateways, and each thread
