@@ -1088,8 +1088,9 @@ pub fn restore(
         let _ = fs::remove_file(target.join(INTENT));
         e
     };
-    // Each staging directory is opened once, before anything is written into it: the sync
-    // before the swap, through these, hears of every writeback that failed since.
+    // Each staging directory is opened once, before anything is written into it: a sync
+    // through these hears of every writeback that failed since (the flusher's batches share
+    // them and report what they hear; the sync before the swap hears the rest).
     let mut staged_dirs: Vec<(PathBuf, fs::File)> = Vec::new();
     for s in &staging {
         use std::os::unix::fs::DirBuilderExt;
