@@ -564,20 +564,15 @@ pub fn lock(target: &Path) -> Result<nix::fcntl::Flock<fs::File>, BackupError> {
         .create(&dir)
         .map_err(BackupError::io("cannot create", &dir))?;
     let path = dir.join(".lock");
-    let f = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(BackupError::io("cannot open", &path))?;
-    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|_| {
-        BackupError::Config(format!(
-            "another restore, recovery or rollback is running on {} (it holds {})",
-            target.display(),
-            path.display()
-        ))
-    })
+    install::try_lock(&path)
+        .map_err(BackupError::io("cannot open", &path))?
+        .ok_or_else(|| {
+            BackupError::Config(format!(
+                "another restore, recovery or rollback is running on {} (it holds {})",
+                target.display(),
+                path.display()
+            ))
+        })
 }
 
 /// Whether an unfinished restore or rollback is renaming trees (what holds the gateways:

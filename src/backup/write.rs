@@ -888,15 +888,9 @@ pub fn backup(
         .map_or(0, |d| d.as_secs() as i64);
     // One backup at a time per destination (a timer's and an operator's may meet).
     let lock_path = dest.join(".lock");
-    let lock_file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(&lock_path)
-        .map_err(BackupError::io("cannot open", &lock_path))?;
-    let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
-        .map_err(|_| {
+    let _lock = install::try_lock(&lock_path)
+        .map_err(BackupError::io("cannot open", &lock_path))?
+        .ok_or_else(|| {
             BackupError::Config(format!(
                 "another backup is writing to {} (it holds {}); wait for it",
                 dest.display(),

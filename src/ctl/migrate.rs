@@ -483,7 +483,6 @@ fn timestamp(secs: u64) -> String {
 
 /// Hold the migration lock for as long as the returned lock lives.
 fn lock(root: &Root) -> Result<nix::fcntl::Flock<fs::File>, MigrateError> {
-    use nix::fcntl::{Flock, FlockArg};
     use std::os::unix::fs::DirBuilderExt;
     let base = root.real(Path::new(BACKUP_ROOT));
     fs::DirBuilder::new()
@@ -492,8 +491,9 @@ fn lock(root: &Root) -> Result<nix::fcntl::Flock<fs::File>, MigrateError> {
         .create(&base)
         .map_err(io_err("cannot create", &base))?;
     let path = base.join(".lock");
-    let f = fs::File::create(&path).map_err(io_err("cannot create", &path))?;
-    Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|_| MigrateError::Busy { path })
+    crate::install::try_lock(&path)
+        .map_err(io_err("cannot create", &path))?
+        .ok_or(MigrateError::Busy { path })
 }
 
 /// The instance's or Node Manager's health URL with its ports filled in.

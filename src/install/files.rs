@@ -106,6 +106,24 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     result
 }
 
+/// Take the lock file at `path` (created 0600 if missing, never truncated) for as long as the
+/// returned lock lives; None when another process holds it.
+pub fn try_lock(path: &Path) -> io::Result<Option<nix::fcntl::Flock<fs::File>>> {
+    use nix::fcntl::{Flock, FlockArg};
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(path)?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(Some(lock)),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, errno)) => Err(errno.into()),
+    }
+}
+
 /// Read a whole regular file with as few system calls as possible: no fstat for a size hint
 /// (unlike `fs::read`), and a read that returns less than it was asked for ends the file, which
 /// holds for regular files on Linux. The generator reads thousands of small files at boot.
@@ -134,6 +152,29 @@ pub fn read_small_file(path: &Path) -> io::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lock_is_held_once_until_dropped_and_its_file_kept() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".lock");
+        let held = try_lock(&path).unwrap().expect("a free lock is taken");
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(try_lock(&path).unwrap().is_none(), "held: not taken twice");
+        drop(held);
+        fs::write(&path, "pid 1\n").unwrap();
+        let again = try_lock(&path).unwrap();
+        assert!(again.is_some(), "free again once dropped");
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            "pid 1\n",
+            "never truncated"
+        );
+        assert!(try_lock(&dir.path().join("missing/.lock")).is_err());
+    }
 
     #[test]
     fn concurrent_writers_each_land_whole() {

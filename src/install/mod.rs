@@ -14,7 +14,7 @@ pub mod topology;
 use crate::units::name;
 pub use config::{Config, Origin, SettingsPatch};
 pub use error::{InstallError, Problem, Severity};
-pub use files::{create_beside, read_small_file, write_atomic, Root};
+pub use files::{create_beside, read_small_file, try_lock, write_atomic, Root};
 pub use props::Ports;
 pub use settings::*;
 use settings::{settle, UrlVars};
