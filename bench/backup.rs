@@ -16,6 +16,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::Rng;
+
 /// The scopes the pipeline takes: the same as the backup's, for the same bytes.
 const SCOPES: [&str; 4] = [
     "opt/apigateway/groups",
@@ -23,16 +27,6 @@ const SCOPES: [&str; 4] = [
     "opt/apigateway/ext",
     "etc/gateway-systemd",
 ];
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
 
 /// Data that compresses about as a gateway's configuration and jars do: text with repeats,
 /// some noise.

@@ -14,9 +14,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+mod common;
+use common::{repo, Rng};
 
 /// Whether the tests can run here; under CI a missing prerequisite is a failure.
 fn prerequisites() -> bool {
@@ -49,6 +48,8 @@ fn ctl(root: Option<&Path>, args: &[&str]) -> (i32, String) {
     )
 }
 
+/// Copy a tree as `cp -a` does, owners and times kept: `common::copy_tree` keeps modes only,
+/// and a round trip checks all three.
 fn copy_tree(from: &Path, to: &Path) {
     let status = Command::new("cp")
         .args(["-a", "--"])
@@ -830,16 +831,6 @@ fn scopes_of(base: &Path) -> BTreeMap<String, String> {
     let mut s = snapshot(base, &SCOPES);
     s.retain(|k, _| !k.contains("opsdb.d"));
     s
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
 }
 
 #[test]

@@ -240,3 +240,17 @@ pub fn verify_generated(normal: &Path, scratch: &Path) -> Result<(), String> {
         ))
     }
 }
+
+/// A small deterministic random number generator (xorshift64): the same seed, the same
+/// sequence, for tests and benchmarks that print their seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next number.
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
