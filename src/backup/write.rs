@@ -481,6 +481,14 @@ fn settled_metadata(file: &fs::File) -> io::Result<fs::Metadata> {
     file.metadata()
 }
 
+/// Give a file's entry the size, mode and time of the metadata its read is checked against.
+fn stamp(e: &mut Entry, meta: &fs::Metadata) {
+    e.size = meta.len();
+    e.mode = meta.mode() & 0o7777;
+    e.mtime = meta.mtime();
+    e.mtime_nsec = meta.mtime_nsec() as u32;
+}
+
 /// Take a file of at most [`BUFFERED_MAX`] bytes: its header and data straight into the
 /// current piece, again while it changes (size or mtime differ before and after the read, or
 /// it was written while read); one that never holds still is taken as last read. Returns
@@ -501,10 +509,7 @@ fn take_file(
         if attempt > 0 {
             file.seek(io::SeekFrom::Start(0))?;
         }
-        e.size = before.len();
-        e.mode = before.mode() & 0o7777;
-        e.mtime = before.mtime();
-        e.mtime_nsec = before.mtime_nsec() as u32;
+        stamp(e, &before);
         let mark = tar.get_mut().buf.len();
         append(tar, e, io::empty())?;
         let p = tar.get_mut();
@@ -826,10 +831,7 @@ fn take_all(
                         file.seek(io::SeekFrom::Start(0)).map_err(read_err)?;
                         let meta = settled_metadata(&file)
                             .map_err(BackupError::io("cannot read", &real))?;
-                        e.size = meta.len();
-                        e.mode = meta.mode() & 0o7777;
-                        e.mtime = meta.mtime();
-                        e.mtime_nsec = meta.mtime_nsec() as u32;
+                        stamp(&mut e, &meta);
                         let started = SystemTime::now();
                         let (hash, short) = take_large_file(&mut tar, &e, &mut file)
                             .map_err(BackupError::io("cannot read", &real))?;
