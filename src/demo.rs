@@ -1,12 +1,13 @@
 //! The demo gateway: a real HTTP service standing in for the vendor's gateway in tests and in
 //! the README demo. It serves traffic (`/echo`, GET and POST, with an optional delay), answers
 //! its own health check (`/healthcheck`), and can be told to start slowly, hang, crash, or
-//! ignore SIGTERM for a while.
+//! ignore SIGTERM for a while. On SIGTERM it stops as a real server does: it stops accepting
+//! connections, finishes the requests in flight (at most `--stop-grace`), then exits.
 
 use clap::Parser;
 use std::io::{BufRead, Read};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -21,6 +22,9 @@ Endpoints:
   POST /demo/hang                stop answering anything (the process stays alive)
   POST /demo/crash               abort (SIGABRT)
   POST /demo/ignore-sigterm?secs=N  keep running N s after SIGTERM
+
+On SIGTERM: no new connections; requests still arriving on open connections are answered with
+\"Connection: close\"; requests in flight finish (at most --stop-grace); then exit 0.
 
 The port defaults to env.PORT.TRAFFIC of ./conf/envSettings.props (the instance directory the
 launcher runs it in), else 8080.")]
@@ -37,8 +41,12 @@ pub struct Options {
     /// Keep running this long after SIGTERM before exiting.
     #[arg(long, value_parser = parse_span, default_value = "0s")]
     pub ignore_sigterm: Duration,
-    /// Worker threads.
-    #[arg(long, default_value_t = 4)]
+    /// On SIGTERM, wait at most this long for requests in flight; 0s exits at once, cutting
+    /// them (as a gateway without a graceful stop would).
+    #[arg(long, value_parser = parse_span, default_value = "30s")]
+    pub stop_grace: Duration,
+    /// Worker threads: requests served at once (a slow request holds one).
+    #[arg(long, default_value_t = 64)]
     pub threads: usize,
     /// A configuration property, as the vendor's gateway takes it (reported by /demo/status).
     #[arg(short = 'D', value_name = "PROP[=VALUE]")]
@@ -69,6 +77,10 @@ fn parse_span(s: &str) -> Result<Duration, String> {
 
 struct State {
     started: Instant,
+    /// SIGTERM came: answer with "Connection: close".
+    stopping: AtomicBool,
+    /// Requests being served.
+    in_flight: AtomicUsize,
     start_delay: Duration,
     hung: AtomicBool,
     ignore_sigterm_ms: AtomicU64,
@@ -123,15 +135,32 @@ pub fn main(opts: Options) -> i32 {
         println!("gateway-demo: passphrase received ({passphrase_bytes} bytes)");
     }
     let listen = opts.listen.unwrap_or_else(default_listen);
-    let server = match tiny_http::Server::http(listen) {
-        Ok(s) => Arc::new(s),
+    // Our own listener, so that a SIGTERM can stop the accepting (tiny_http cannot).
+    let listener = match std::net::TcpListener::bind(listen) {
+        Ok(l) => l,
         Err(e) => {
             eprintln!("gateway-demo: cannot listen on {listen}: {e}");
             return 1;
         }
     };
+    let accepting = match listener.try_clone() {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("gateway-demo: {e}");
+            return 1;
+        }
+    };
+    let server = match tiny_http::Server::from_listener(listener, None) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            eprintln!("gateway-demo: cannot serve on {listen}: {e}");
+            return 1;
+        }
+    };
     let state = Arc::new(State {
         started: Instant::now(),
+        stopping: AtomicBool::new(false),
+        in_flight: AtomicUsize::new(0),
         start_delay: opts.start_delay,
         hung: AtomicBool::new(false),
         ignore_sigterm_ms: AtomicU64::new(opts.ignore_sigterm.as_millis() as u64),
@@ -147,6 +176,7 @@ pub fn main(opts: Options) -> i32 {
     );
 
     let sig_state = state.clone();
+    let stop_grace = opts.stop_grace;
     std::thread::spawn(move || {
         if term.wait().is_ok() {
             let ms = sig_state.ignore_sigterm_ms.load(Ordering::SeqCst);
@@ -154,7 +184,38 @@ pub fn main(opts: Options) -> i32 {
                 println!("gateway-demo: SIGTERM received; ignoring it for {ms} ms");
                 std::thread::sleep(Duration::from_millis(ms));
             }
-            println!("gateway-demo: stopping on SIGTERM");
+            sig_state.stopping.store(true, Ordering::SeqCst);
+            // No new connections from here on: the listening socket refuses them.
+            let _ = nix::sys::socket::shutdown(
+                std::os::fd::AsRawFd::as_raw_fd(&accepting),
+                nix::sys::socket::Shutdown::Read,
+            );
+            let began = Instant::now();
+            let in_flight = sig_state.in_flight.load(Ordering::SeqCst);
+            println!(
+                "gateway-demo: stopping on SIGTERM; {in_flight} request(s) in flight, waiting at most {stop_grace:?}"
+            );
+            // Quiet twice in a row: a request between a connection's read and a worker's pick
+            // is not counted yet.
+            let mut quiet = 0;
+            while began.elapsed() < stop_grace && quiet < 2 {
+                std::thread::sleep(Duration::from_millis(20));
+                quiet = match sig_state.in_flight.load(Ordering::SeqCst) {
+                    0 => quiet + 1,
+                    _ => 0,
+                };
+            }
+            let left = sig_state.in_flight.load(Ordering::SeqCst);
+            match left {
+                0 => println!(
+                    "gateway-demo: stopped on SIGTERM after {:.1}s; no request cut",
+                    began.elapsed().as_secs_f64()
+                ),
+                n => println!(
+                    "gateway-demo: stopped on SIGTERM after {:.1}s; {n} request(s) cut",
+                    began.elapsed().as_secs_f64()
+                ),
+            }
             std::process::exit(0);
         }
     });
@@ -162,9 +223,16 @@ pub fn main(opts: Options) -> i32 {
     let workers: Vec<_> = (0..opts.threads.max(1))
         .map(|_| {
             let (server, state) = (server.clone(), state.clone());
-            std::thread::spawn(move || {
-                while let Ok(request) = server.recv() {
-                    serve(request, &state);
+            std::thread::spawn(move || loop {
+                match server.recv() {
+                    Ok(request) => {
+                        state.in_flight.fetch_add(1, Ordering::SeqCst);
+                        serve(request, &state);
+                        state.in_flight.fetch_sub(1, Ordering::SeqCst);
+                    }
+                    // The listener stopped: the connections still open keep being served.
+                    Err(_) if state.stopping.load(Ordering::SeqCst) => {}
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
                 }
             })
         })
@@ -237,5 +305,12 @@ fn serve(mut request: tiny_http::Request, state: &State) {
         }
         _ => (404, "not found\n".to_string()),
     };
-    let _ = request.respond(tiny_http::Response::from_string(body).with_status_code(code));
+    let mut response = tiny_http::Response::from_string(body).with_status_code(code);
+    if state.stopping.load(Ordering::SeqCst) {
+        response.add_header(
+            tiny_http::Header::from_bytes(&b"Connection"[..], &b"close"[..])
+                .expect("static header"),
+        );
+    }
+    let _ = request.respond(response);
 }

@@ -60,13 +60,15 @@ pub enum Command {
         #[arg(required = true)]
         instances: Vec<String>,
     },
-    /// Stop instances; each drains first (LB health 503 for its drain delay).
+    /// Stop instances; each drains first (its load balancers take it out, requests in flight
+    /// finish), and the real drain time is shown.
     Stop {
         /// Instances.
         #[arg(required = true)]
         instances: Vec<String>,
     },
-    /// Restart instances (drain, stop, start, ready), all at once; see rolling-restart.
+    /// Restart instances (drain, stop, start, ready), one after the other without waiting for
+    /// the load balancers in between; see rolling-restart.
     Restart {
         /// Instances.
         #[arg(required = true)]
@@ -79,6 +81,10 @@ pub enum Command {
         /// that polled it to take it back (needed with -H, where their records are out of reach).
         #[arg(long)]
         no_lb_wait: bool,
+        /// Print per-instance times (drain, restart, serving, back in the pool) as JSON on
+        /// stdout; progress goes to stderr.
+        #[arg(long)]
+        json: bool,
         /// Groups (every local instance of the group) or instances.
         #[arg(required = true)]
         targets: Vec<String>,
@@ -109,10 +115,11 @@ pub enum Command {
         instance: String,
     },
     /// Take an instance out of its load balancers' pool: its LB health endpoint answers 503
-    /// for the instance's drain delay while it keeps serving. `ExecStop=` runs
+    /// while it keeps serving, until its balancers took it out (adaptive; at most the drain
+    /// delay) and no request is in flight (at most drain_timeout). `ExecStop=` runs
     /// `gatewayctl drain --wait %i`, so every stop, restart and shutdown drains first.
     Drain {
-        /// Return only when the drain delay is over (what ExecStop= needs).
+        /// Return only when the drain is over, and say how long it took (what ExecStop= needs).
         #[arg(long)]
         wait: bool,
         /// The instance.
@@ -513,16 +520,21 @@ pub fn main(cli: Cli) -> i32 {
             };
             chosen.map(|c| status(&systemd, &scope, &c, *json))
         }
-        Command::Start { instances } => resolve(instances).map(|c| jobs(&systemd, Verb::Start, &c)),
-        Command::Stop { instances } => resolve(instances).map(|c| jobs(&systemd, Verb::Stop, &c)),
+        Command::Start { instances } => {
+            resolve(instances).map(|c| jobs(&systemd, &scope, Verb::Start, &c))
+        }
+        Command::Stop { instances } => {
+            resolve(instances).map(|c| jobs(&systemd, &scope, Verb::Stop, &c))
+        }
         Command::Restart { instances } => {
-            resolve(instances).map(|c| jobs(&systemd, Verb::Restart, &c))
+            resolve(instances).map(|c| jobs(&systemd, &scope, Verb::Restart, &c))
         }
         Command::RollingRestart {
             targets,
             no_lb_wait,
+            json,
         } => rolling_targets(&scope, targets)
-            .map(|c| rolling_restart(&systemd, &scope, &c, *no_lb_wait)),
+            .map(|c| rolling_restart(&systemd, &scope, &c, *no_lb_wait, *json)),
         Command::Enable { instances } => {
             resolve(instances).map(|c| enable(&systemd, &inst, &c, true))
         }
@@ -723,16 +735,31 @@ fn status(systemd: &Systemd, scope: &Scope, chosen: &[Named], json: bool) -> i32
             }
         }
     }
+    // Settings changed since a running instance started (config edited, daemon-reload run):
+    // they apply at its next restart.
+    let pending: Vec<Vec<String>> = rows
+        .iter()
+        .map(|(i, s)| match (scope.local(i), s.main_pid) {
+            (Some(l), pid) if pid != 0 => drain::status(&drain::control_socket(&l.runtime_dir()))
+                .ok()
+                .filter(|ls| !ls.environment.is_empty())
+                .map(|ls| drain::settings_changed(&ls.environment, &s.gateway_environment))
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        })
+        .collect();
     if json {
         let list: Vec<serde_json::Value> = rows
             .iter()
-            .map(|(i, s)| {
+            .zip(&pending)
+            .map(|((i, s), pending)| {
                 let mut v = serde_json::to_value(s).unwrap_or_default();
                 v["group"] = i.group.clone().into();
                 v["instance"] = i.instance.clone().into();
                 if let Some(l) = scope.local(i) {
                     v["autostart"] = l.settings.autostart.into();
                 }
+                v["restart_pending"] = serde_json::json!(pending);
                 v
             })
             .collect();
@@ -759,6 +786,16 @@ fn status(systemd: &Systemd, scope: &Scope, chosen: &[Named], json: bool) -> i32
                 s.n_restarts,
                 s.status_text
             );
+        }
+        for ((i, _), pending) in rows.iter().zip(&pending) {
+            if !pending.is_empty() {
+                println!(
+                    "{}: restart pending: {} (changed since it started; `gatewayctl rolling-restart {}` applies it)",
+                    i.shown(),
+                    pending.join(", "),
+                    i.group
+                );
+            }
         }
     }
     exit::OK
@@ -801,11 +838,58 @@ pub(crate) fn run_job_reported(systemd: &Systemd, verb: Verb, unit: &str) -> Res
     }
 }
 
-/// start/stop/restart: one job per instance, each waited for.
-fn jobs(systemd: &Systemd, verb: Verb, chosen: &[Named]) -> i32 {
+/// Drain a local instance through its launcher and wait, so that the drain's real time is
+/// known (the `ExecStop=` drain that follows joins the finished one). None when it is not
+/// running here or cannot be asked: the stop then drains as usual, unreported.
+fn drain_before_stop(
+    scope: &Scope,
+    i: &Named,
+    progress: &dyn Fn(String),
+) -> Option<drain::DrainReport> {
+    let local = scope.local(i)?;
+    let socket = drain::control_socket(&local.runtime_dir());
+    if !socket.exists() {
+        return None;
+    }
+    match drain::request(&socket, true, |delay| {
+        progress(format!(
+            "{}: draining (waiting up to {:.0}s for its load balancers, then up to {} for requests in flight)",
+            i.shown(),
+            delay.as_secs_f64(),
+            local.settings.drain_timeout
+        ))
+    }) {
+        Ok(DrainOutcome::Drained(report)) => {
+            progress(format!("{}: {}", i.shown(), drained_line(&report)));
+            Some(report)
+        }
+        _ => None,
+    }
+}
+
+/// "drained in 6.3s (...): summary", as every command prints a drain.
+fn drained_line(r: &drain::DrainReport) -> String {
+    if r.summary.is_empty() {
+        return format!("drained in {:.1}s", r.total.as_secs_f64());
+    }
+    format!(
+        "drained in {:.1}s ({:.1}s until its load balancers took it out, {:.1}s for requests in flight): {}",
+        r.total.as_secs_f64(),
+        r.taken_out.as_secs_f64(),
+        r.in_flight.as_secs_f64(),
+        r.summary
+    )
+}
+
+/// start/stop/restart: one job per instance, each waited for; before a stop or restart the
+/// instance is drained (its real drain time shown).
+fn jobs(systemd: &Systemd, scope: &Scope, verb: Verb, chosen: &[Named]) -> i32 {
     let mut code = exit::OK;
     for i in chosen {
         let started = Instant::now();
+        if verb != Verb::Start {
+            drain_before_stop(scope, i, &|line| println!("{line}"));
+        }
         match run_job_reported(systemd, verb, &i.unit) {
             Ok(()) => println!(
                 "{} {}: done in {:.1}s",
@@ -813,7 +897,6 @@ fn jobs(systemd: &Systemd, verb: Verb, chosen: &[Named]) -> i32 {
                 i.shown(),
                 started.elapsed().as_secs_f64()
             ),
-            // Without permission the next instance fails the same way.
             Err(exit::DENIED) => return exit::DENIED,
             Err(c) => code = c,
         }
@@ -955,61 +1038,153 @@ fn recent_balancers(socket: &std::path::Path) -> Result<Vec<drain::Poller>, Stri
     }
 }
 
-fn rolling_restart(systemd: &Systemd, scope: &Scope, chosen: &[Named], no_lb_wait: bool) -> i32 {
+/// What a rolling restart did to one instance, in seconds.
+#[derive(Debug, Default, serde::Serialize)]
+struct RollingStep {
+    instance: String,
+    unit: String,
+    /// The drain (None when it was not running or could not be asked).
+    drain_seconds: Option<f64>,
+    drain_taken_out_seconds: Option<f64>,
+    drain_in_flight_seconds: Option<f64>,
+    drain: Option<String>,
+    /// systemd's restart job: stop, start, ready.
+    restart_seconds: f64,
+    /// From the job's end until its launcher says it serves.
+    serving_seconds: f64,
+    /// From serving until its load balancers took it back (None: not waited for).
+    readmitted_seconds: Option<f64>,
+    readmitted: Option<String>,
+    total_seconds: f64,
+}
+
+fn rolling_restart(
+    systemd: &Systemd,
+    scope: &Scope,
+    chosen: &[Named],
+    no_lb_wait: bool,
+    json: bool,
+) -> i32 {
     let n = chosen.len();
     if matches!(scope, Scope::Remote(_)) && !no_lb_wait {
         eprintln!("gatewayctl: with -H the launchers' load balancer records are out of reach, so rolling-restart cannot wait for the balancers to take each instance back; run it on the host itself, or add --no-lb-wait to count an instance as back once it serves");
         return 2;
     }
-    for (k, i) in chosen.iter().enumerate() {
-        let unit = &i.unit;
-        let who = format!("[{}/{n}] {}", k + 1, i.shown());
-        // The balancers that poll it now must take it back before the next one goes out;
-        // the restarted launcher starts with no record of them.
-        let local = scope.local(i);
-        let socket = local.map(|l| drain::control_socket(&l.runtime_dir()));
-        let rise = local.map(|l| l.settings.lb_rise);
-        let balancers: Vec<drain::Poller> = match (&socket, no_lb_wait) {
-            (Some(socket), false) => match recent_balancers(socket) {
-                Ok(b) => b,
-                Err(why) => {
-                    eprintln!("{who}: cannot read which load balancers poll it ({why}); without that rolling-restart cannot wait for them to take it back. Run as root (or as the gateway user), or add --no-lb-wait to count an instance as back once it serves. Nothing was restarted from here on.");
-                    return exit::DENIED;
-                }
-            },
-            _ => Vec::new(),
-        };
-        println!("{who}: draining and restarting");
-        let started = Instant::now();
-        if let Err(code) = run_job_reported(systemd, Verb::Restart, unit) {
-            eprintln!(
-                "rolling restart stopped at {who}; {} instance(s) not restarted",
-                n - k - 1
-            );
-            return code;
+    // With --json, stdout carries the JSON document alone.
+    let say = |line: String| {
+        if json {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
         }
-        if let Err(state) = wait_serving(systemd, unit, started) {
-            eprintln!("{who}: restarted but not serving after {SERVING_TIMEOUT:?} ({state}); rolling restart stopped here");
-            return exit::FAILED;
-        }
-        println!(
-            "{who}: serving again after {:.1}s",
-            started.elapsed().as_secs_f64()
-        );
-        let serving_since = Instant::now();
-        if let (Some(rise), Some(socket), false) = (rise, &socket, balancers.is_empty()) {
-            if let Err(missing) = wait_for_pool(socket, Some(&balancers), rise, serving_since) {
-                eprintln!("{who}: after {LB_RISE_TIMEOUT:?} these load balancers have not seen it pass {rise} checks in a row: {missing}; rolling restart stopped here (check them, or lb_rise in /etc/gateway-systemd/gateway.toml)");
+    };
+    let mut steps: Vec<RollingStep> = Vec::new();
+    let code = (|| {
+        for (k, i) in chosen.iter().enumerate() {
+            let unit = &i.unit;
+            let who = format!("[{}/{n}] {}", k + 1, i.shown());
+            // The balancers that poll it now must take it back before the next one goes out;
+            // the restarted launcher starts with no record of them.
+            let local = scope.local(i);
+            let socket = local.map(|l| drain::control_socket(&l.runtime_dir()));
+            let rise = local.map(|l| l.settings.lb_rise);
+            let balancers: Vec<drain::Poller> = match (&socket, no_lb_wait) {
+                (Some(socket), false) => match recent_balancers(socket) {
+                    Ok(b) => b,
+                    Err(why) => {
+                        eprintln!("{who}: cannot read which load balancers poll it ({why}); without that rolling-restart cannot wait for them to take it back. Run as root (or as the gateway user), or add --no-lb-wait to count an instance as back once it serves. Nothing was restarted from here on.");
+                        return exit::DENIED;
+                    }
+                },
+                _ => Vec::new(),
+            };
+            let mut step = RollingStep {
+                instance: i.shown(),
+                unit: unit.clone(),
+                ..RollingStep::default()
+            };
+            let started = Instant::now();
+            let prefixed = |line: String| {
+                say(format!("[{}/{n}] {line}", k + 1));
+            };
+            if let Some(r) = drain_before_stop(scope, i, &prefixed) {
+                step.drain_seconds = Some(r.total.as_secs_f64());
+                step.drain_taken_out_seconds = Some(r.taken_out.as_secs_f64());
+                step.drain_in_flight_seconds = Some(r.in_flight.as_secs_f64());
+                step.drain = Some(r.summary);
+            }
+            say(format!("{who}: restarting"));
+            let job = Instant::now();
+            if let Err(code) = run_job_reported(systemd, Verb::Restart, unit) {
+                eprintln!(
+                    "rolling restart stopped at {who}; {} instance(s) not restarted",
+                    n - k - 1
+                );
+                return code;
+            }
+            step.restart_seconds = job.elapsed().as_secs_f64();
+            let done = Instant::now();
+            if let Err(state) = wait_serving(systemd, unit, started) {
+                eprintln!("{who}: restarted but not serving after {SERVING_TIMEOUT:?} ({state}); rolling restart stopped here");
                 return exit::FAILED;
             }
+            step.serving_seconds = done.elapsed().as_secs_f64();
+            say(format!(
+                "{who}: serving again after {:.1}s (restart {:.1}s)",
+                started.elapsed().as_secs_f64(),
+                step.restart_seconds
+            ));
+            let serving_since = Instant::now();
+            if let (Some(rise), Some(socket), false) = (rise, &socket, balancers.is_empty()) {
+                match wait_for_pool(socket, Some(&balancers), rise, serving_since) {
+                    Ok(how) => {
+                        step.readmitted_seconds = Some(serving_since.elapsed().as_secs_f64());
+                        say(format!(
+                            "{who}: back in the pool of {} load balancer(s) after {:.1}s: {how}",
+                            balancers.len(),
+                            started.elapsed().as_secs_f64()
+                        ));
+                        step.readmitted = Some(how);
+                    }
+                    Err(missing) => {
+                        eprintln!("{who}: after {LB_RISE_TIMEOUT:?} these load balancers have not taken it back: {missing}; rolling restart stopped here (check them, or lb_rise in /etc/gateway-systemd/gateway.toml)");
+                        return exit::FAILED;
+                    }
+                }
+            }
+            step.total_seconds = started.elapsed().as_secs_f64();
+            steps.push(step);
+        }
+        exit::OK
+    })();
+    if json {
+        let doc = serde_json::json!({"ok": code == exit::OK, "instances": steps});
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+    } else if !steps.is_empty() {
+        let secs = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}s"));
+        let width = steps
+            .iter()
+            .map(|s| s.instance.chars().count())
+            .max()
+            .unwrap_or(8)
+            .max(8);
+        println!(
+            "{:<width$}  {:>7}  {:>7}  {:>7}  {:>11}  {:>7}",
+            "instance", "drain", "restart", "serving", "re-admitted", "total"
+        );
+        for s in &steps {
             println!(
-                "{who}: back in the pool of {} load balancer(s) ({rise} passing checks each) after {:.1}s",
-                balancers.len(),
-                started.elapsed().as_secs_f64()
+                "{:<width$}  {:>7}  {:>7}  {:>7}  {:>11}  {:>7}",
+                s.instance,
+                secs(s.drain_seconds),
+                secs(Some(s.restart_seconds)),
+                secs(Some(s.serving_seconds)),
+                secs(s.readmitted_seconds),
+                secs(Some(s.total_seconds))
             );
         }
     }
-    exit::OK
+    code
 }
 
 /// Wait until a started unit's launcher says it serves: its STATUS= says "serving" once its
@@ -1300,14 +1475,14 @@ fn drain_command(arg: &str, wait: bool) -> i32 {
     };
     let result = drain::request(&socket, wait, |delay| {
         eprintln!(
-            "draining {shown}: its LB health endpoint answers 503 for {}s",
+            "draining {shown}: its LB health endpoint answers 503; waiting up to {:.0}s for its load balancers to take it out, then for requests in flight",
             delay.as_secs_f64()
         );
     });
     match result {
         Ok(DrainOutcome::Started(_)) => exit::OK,
-        Ok(DrainOutcome::Drained(delay)) => {
-            eprintln!("drained {shown} after {}s", delay.as_secs_f64());
+        Ok(DrainOutcome::Drained(report)) => {
+            eprintln!("{shown}: {}", drained_line(&report));
             exit::OK
         }
         Ok(DrainOutcome::GatewayGone) => {

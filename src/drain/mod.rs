@@ -2,8 +2,13 @@
 //! the instance's launcher, over the launcher's control socket.
 //!
 //! The client writes `drain`; the launcher turns its LB health endpoint to 503 and answers
-//! `draining <ms>`, then `drained` once the drain delay is over. The drain goes on even if
+//! `draining <ms>` (the longest it waits for the load balancers), then, once they took the
+//! instance out and no request is in flight, `drained <total ms> <ms waiting for the
+//! balancers> <ms waiting for requests in flight> <what happened>`. The drain goes on even if
 //! the client leaves (a plain `drain` without waiting).
+
+pub mod sock_diag;
+pub mod traffic;
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -67,13 +72,63 @@ impl DrainError {
     }
 }
 
+/// How a drain went, as the launcher measured it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DrainReport {
+    /// The whole drain.
+    pub total: Duration,
+    /// The wait for the load balancers to take the instance out (or the fixed delay).
+    pub taken_out: Duration,
+    /// The wait for the requests in flight after that.
+    pub in_flight: Duration,
+    /// What ended each wait, in the operator's words.
+    pub summary: String,
+}
+
+impl DrainReport {
+    /// The protocol's line: `drained <total> <taken out> <in flight> <summary>` (ms).
+    pub fn line(&self) -> String {
+        format!(
+            "drained {} {} {} {}\n",
+            self.total.as_millis(),
+            self.taken_out.as_millis(),
+            self.in_flight.as_millis(),
+            self.summary.replace('\n', " ")
+        )
+    }
+
+    /// Read a `drained ...` line; a bare `drained` (a launcher from before the report) gives
+    /// `waited` as the total and no details.
+    pub fn parse(line: &str, waited: Duration) -> Option<Self> {
+        let rest = line.strip_prefix("drained")?;
+        if rest.is_empty() {
+            return Some(DrainReport {
+                total: waited,
+                taken_out: waited,
+                in_flight: Duration::ZERO,
+                summary: String::new(),
+            });
+        }
+        let mut f = rest.strip_prefix(' ')?.splitn(4, ' ');
+        let mut ms = || f.next()?.parse::<u64>().ok().map(Duration::from_millis);
+        let (total, taken_out, in_flight) = (ms()?, ms()?, ms()?);
+        Some(DrainReport {
+            total,
+            taken_out,
+            in_flight,
+            summary: f.next().unwrap_or("").to_string(),
+        })
+    }
+}
+
 /// How a drain request ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DrainOutcome {
-    /// The launcher began draining for this long; we did not wait.
+    /// The launcher began draining (waiting at most this long for the balancers); we did not
+    /// wait.
     Started(Duration),
-    /// The drain delay is over.
-    Drained(Duration),
+    /// The drain is over.
+    Drained(DrainReport),
     /// The launcher ended the drain early because the gateway exited.
     GatewayGone,
 }
@@ -113,14 +168,17 @@ pub fn request(
     if !wait {
         return Ok(DrainOutcome::Started(delay));
     }
+    let began = std::time::Instant::now();
     match next()?.as_str() {
-        "drained" => Ok(DrainOutcome::Drained(delay)),
         // The launcher exits when the gateway does, closing the socket mid-drain.
         "gone" | "" => Ok(DrainOutcome::GatewayGone),
-        other => Err(DrainError::Protocol {
-            socket: socket.to_path_buf(),
-            answer: other.to_string(),
-        }),
+        other => match DrainReport::parse(other, began.elapsed()) {
+            Some(report) => Ok(DrainOutcome::Drained(report)),
+            None => Err(DrainError::Protocol {
+                socket: socket.to_path_buf(),
+                answer: other.to_string(),
+            }),
+        },
     }
 }
 
@@ -140,6 +198,13 @@ pub struct Poller {
     pub polls: u64,
     /// Milliseconds since its last poll.
     pub last_ms_ago: u64,
+    /// Milliseconds since its streak began (its first poll answered `streak_code`).
+    #[serde(default)]
+    pub streak_ms: Option<u64>,
+    /// Milliseconds since its address last sent a request to the gateway's traffic ports
+    /// (within the last ten minutes); None when the launcher saw none or cannot see them.
+    #[serde(default)]
+    pub traffic_ms_ago: Option<u64>,
 }
 
 /// A poller counts as one of the instance's load balancers if it polled this recently.
@@ -151,17 +216,47 @@ impl Poller {
         Duration::from_millis(self.last_ms_ago) <= RECENT_POLL
     }
 
+    /// Its address sent requests to the gateway within [`RECENT_POLL`]: whether it routes to
+    /// the instance can be seen from the traffic, not only assumed from the checks.
+    pub fn sends_traffic(&self) -> bool {
+        self.traffic_ms_ago
+            .is_some_and(|ms| Duration::from_millis(ms) <= RECENT_POLL)
+    }
+
+    /// The same balancer in a later list of pollers.
+    pub fn find_in<'a>(&self, now: &'a [Poller]) -> Option<&'a Poller> {
+        now.iter()
+            .find(|p| p.address == self.address && p.agent == self.agent)
+    }
+
+    /// Whether its address is its own among `pollers`: traffic from it is its traffic.
+    pub fn alone_at_its_address(&self, pollers: &[Poller]) -> bool {
+        pollers
+            .iter()
+            .filter(|p| p.address == self.address)
+            .all(|p| p.agent == self.agent)
+    }
+
     /// Whether `now` (a later list of pollers) shows this balancer having got `code` at least
     /// `n` times in a row: `fall` 503s take an instance out, `rise` 200s bring it back.
     pub fn got_in_a_row(&self, now: &[Poller], code: u16, n: u32) -> bool {
-        now.iter().any(|p| {
-            p.address == self.address
-                && p.agent == self.agent
-                && p.streak_code == code
-                && p.streak >= n
+        self.find_in(now)
+            .is_some_and(|p| p.streak_code == code && p.streak >= n)
+    }
+
+    /// Whether `now` shows this balancer routing requests again since its checks pass: its
+    /// address sent a request after its streak of 200s began.
+    pub fn routes_again(&self, now: &[Poller]) -> bool {
+        self.find_in(now).is_some_and(|p| {
+            p.streak_code == 200
+                && matches!((p.traffic_ms_ago, p.streak_ms), (Some(t), Some(s)) if t < s)
         })
     }
 }
+
+/// How long a balancer's address must send no request before the drain counts it as having
+/// taken the instance out (after its `fall` 503s at least).
+pub const TRAFFIC_QUIET: Duration = Duration::from_secs(1);
 
 /// When nothing recorded which balancers an instance had before it went out (it ran from a
 /// legacy script, or its launcher was already gone), how long after it serves again every
@@ -172,8 +267,10 @@ pub const FIRST_POLL_GRACE: Duration = Duration::from_secs(10);
 /// again: `Ok(how that was decided)`, or `Err(the balancers still missing)`.
 ///
 /// `before` lists the balancers that polled it before it went out; each must have seen `rise`
-/// 200s in a row since. With `None` (unknown), every balancer polling it after
-/// [`FIRST_POLL_GRACE`] of serving must have; an instance nobody polls by then has none.
+/// 200s in a row since, and a balancer that sent it traffic before (from an address no other
+/// poller shares) must send it traffic again: its own `rise` may be higher than ours. With
+/// `None` (unknown), every balancer polling it after [`FIRST_POLL_GRACE`] of serving must have
+/// seen `rise` 200s; an instance nobody polls by then has none.
 pub fn back_in_pool(
     before: Option<&[Poller]>,
     now: &[Poller],
@@ -192,13 +289,27 @@ pub fn back_in_pool(
     };
     match before {
         Some([]) => Ok("no load balancer polled it before".to_string()),
-        Some(known) => match missing(&mut known.iter()).as_slice() {
-            [] => Ok(format!(
-                "each of its {} load balancer(s) saw {rise} passing checks",
-                known.len()
-            )),
-            m => Err(m.join(", ")),
-        },
+        Some(known) => {
+            let watched: Vec<&Poller> = known
+                .iter()
+                .filter(|b| b.sends_traffic() && b.alone_at_its_address(known))
+                .collect();
+            let mut m = missing(&mut known.iter());
+            m.extend(
+                watched
+                    .iter()
+                    .filter(|b| b.got_in_a_row(now, 200, rise) && !b.routes_again(now))
+                    .map(|b| format!("{} (passes its checks, sends no traffic yet)", shown(b))),
+            );
+            if !m.is_empty() {
+                return Err(m.join(", "));
+            }
+            Ok(match (known.len(), watched.len()) {
+                (n, 0) => format!("each of its {n} load balancer(s) saw {rise} passing checks (its traffic could not be told apart, so its own rise is assumed to be lb_rise)"),
+                (n, w) if w == n => format!("each of its {n} load balancer(s) saw {rise} passing checks and routes requests to it again"),
+                (n, w) => format!("each of its {n} load balancer(s) saw {rise} passing checks; the {w} whose traffic can be told apart route requests to it again"),
+            })
+        }
         None => {
             let recent: Vec<&Poller> = now.iter().filter(|p| p.is_recent()).collect();
             if serving_for < FIRST_POLL_GRACE {
@@ -232,6 +343,30 @@ pub struct LauncherStatus {
     /// The load balancers polling it.
     #[serde(default)]
     pub pollers: Vec<Poller>,
+    /// The `GATEWAY_*` environment it started with (`NAME=value`): its settings.
+    #[serde(default)]
+    pub environment: Vec<String>,
+}
+
+/// The settings that differ between what a launcher started with and what its unit has now
+/// (`GATEWAY_*` variables, `NAME=value`), as `setting: old -> new`: a restart applies them.
+pub fn settings_changed(started: &[String], now: &[String]) -> Vec<String> {
+    let split = |v: &[String]| -> std::collections::BTreeMap<String, String> {
+        v.iter()
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let (before, after) = (split(started), split(now));
+    let keys: std::collections::BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+    keys.into_iter()
+        .filter(|k| before.get(*k) != after.get(*k))
+        .map(|k| {
+            let name = k.trim_start_matches("GATEWAY_").to_lowercase();
+            let shown = |v: Option<&String>| v.map_or("(unset)".to_string(), |v| v.clone());
+            format!("{name} {} -> {}", shown(before.get(k)), shown(after.get(k)))
+        })
+        .collect()
 }
 
 /// Ask the launcher behind `socket` to extend systemd's stop timeout by `by` (EXTEND_TIMEOUT_USEC).
@@ -281,7 +416,79 @@ mod tests {
             streak,
             polls: u64::from(streak),
             last_ms_ago: 100,
+            streak_ms: Some(u64::from(streak) * 2000),
+            traffic_ms_ago: None,
         }
+    }
+
+    #[test]
+    fn a_balancer_that_sent_traffic_is_back_when_it_sends_traffic_again() {
+        let mut lb = poller(1, 200, 50);
+        lb.traffic_ms_ago = Some(3);
+        let before = [lb];
+        let s = Duration::from_secs(60);
+        // Our rise is 2; HAProxy's is 5: two passing checks, and no traffic yet.
+        let checks_only = [poller(1, 200, 2)];
+        let e = back_in_pool(Some(&before), &checks_only, 2, s).unwrap_err();
+        assert!(e.contains("sends no traffic yet"), "{e}");
+        // Traffic from before its streak began does not count.
+        let mut stale = poller(1, 200, 3);
+        stale.traffic_ms_ago = Some(9000);
+        assert!(back_in_pool(Some(&before), &[stale], 2, s).is_err());
+        let mut routed = poller(1, 200, 5);
+        routed.traffic_ms_ago = Some(40);
+        let how = back_in_pool(Some(&before), &[routed], 2, s).unwrap();
+        assert!(how.contains("routes requests to it again"), "{how}");
+        // Two pollers at one address: its traffic cannot be told apart; the count decides.
+        let mut curl = poller(1, 200, 50);
+        curl.agent = "curl/8".into();
+        let shared = [before[0].clone(), curl.clone()];
+        let mut curl_now = poller(1, 200, 2);
+        curl_now.agent = "curl/8".into();
+        let how = back_in_pool(Some(&shared), &[poller(1, 200, 2), curl_now], 2, s).unwrap();
+        assert!(how.contains("could not be told apart"), "{how}");
+    }
+
+    #[test]
+    fn changed_settings_are_named_with_old_and_new_values() {
+        let started = [
+            "GATEWAY_DRAIN_DELAY=10s".to_string(),
+            "GATEWAY_DRAIN_FALL=3".into(),
+            "GATEWAY_GROUP=g".into(),
+        ];
+        let now = [
+            "GATEWAY_DRAIN_DELAY=5s".to_string(),
+            "GATEWAY_GROUP=g".into(),
+            "GATEWAY_DRAIN_TIMEOUT=9s".into(),
+        ];
+        assert_eq!(
+            settings_changed(&started, &now),
+            [
+                "drain_delay 10s -> 5s",
+                "drain_fall 3 -> (unset)",
+                "drain_timeout (unset) -> 9s"
+            ]
+        );
+        assert!(settings_changed(&started, &started).is_empty());
+    }
+
+    #[test]
+    fn drain_reports_cross_the_socket_whole() {
+        let r = DrainReport {
+            total: Duration::from_millis(6300),
+            taken_out: Duration::from_millis(4200),
+            in_flight: Duration::from_millis(2100),
+            summary: "taken out by 1 load balancer; 2 requests finished".into(),
+        };
+        let line = r.line();
+        assert_eq!(DrainReport::parse(line.trim_end(), Duration::ZERO), Some(r));
+        // A launcher from before the report says only "drained".
+        let old = DrainReport::parse("drained", Duration::from_secs(10)).unwrap();
+        assert_eq!(
+            (old.total, old.summary.as_str()),
+            (Duration::from_secs(10), "")
+        );
+        assert_eq!(DrainReport::parse("drainedx", Duration::ZERO), None);
     }
 
     #[test]

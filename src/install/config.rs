@@ -48,13 +48,17 @@ pub struct SettingsPatch {
     /// How many passing checks in a row the load balancers need to take the instance back
     /// (HAProxy's `rise`): rolling-restart waits until each balancer that polled it saw as many.
     pub lb_rise: Option<u32>,
-    /// `fixed`: the LB endpoint answers 503 for the whole drain delay. `adaptive`: the drain
-    /// ends once every load balancer polling the instance got `lb_fall` 503s in a row (at most
-    /// the drain delay).
+    /// `adaptive` (the default): the wait for the load balancers ends once every one polling
+    /// the instance got `lb_fall` 503s in a row and, where its traffic can be told apart, sent
+    /// no more requests (at most the drain delay; the whole delay when none polls). `fixed`:
+    /// the LB endpoint answers 503 for the whole drain delay.
     pub drain_mode: Option<String>,
-    /// How many failed checks in a row the load balancers need to take the instance out
-    /// (HAProxy's `fall`), for the adaptive drain.
+    /// How many failed checks in a row the load balancers need at least to take the instance
+    /// out (HAProxy's `fall`), for the adaptive drain.
     pub lb_fall: Option<u32>,
+    /// After the load balancers took the instance out, the longest the drain waits for the
+    /// requests in flight to finish (0 = not at all).
+    pub drain_timeout: Option<TimeSpan>,
 }
 
 /// The settings, written once: overlaying, listing what is set and showing values all follow
@@ -99,6 +103,7 @@ settings_fields!(
     lb_rise,
     drain_mode,
     lb_fall,
+    drain_timeout,
 );
 
 /// A setting's value as TOML would write it.

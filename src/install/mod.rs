@@ -71,6 +71,7 @@ impl Instance {
     pub fn hold(&mut self, reason: String) {
         self.settings.autostart = false;
         self.settings.drain_delay = MAX_DRAIN_DELAY;
+        self.settings.drain_timeout = MAX_DRAIN_DELAY;
         self.held = Some(reason);
     }
 
@@ -541,7 +542,10 @@ fn resolve(
         .find(|s| s.kind == ServiceKind::NodeManager && local_ids.contains(&s.host_id.as_str()))
     {
         let mut patch = builtin_defaults();
+        // No load balancer routes to the Node Manager: nothing to drain.
         patch.drain_delay = Some(TimeSpan::secs(0));
+        patch.drain_timeout = Some(TimeSpan::secs(0));
+        patch.drain_mode = Some("fixed".into());
         patch.health_url = Some("{scheme}://127.0.0.1:{management_port}/healthcheck".into());
         patch.overlay(&config.nodemanager);
         if !nm.enabled {
@@ -588,6 +592,8 @@ fn resolve(
         let settings = settings.or_else(|| {
             let mut p = builtin_defaults();
             p.drain_delay = Some(TimeSpan::secs(0));
+            p.drain_timeout = Some(TimeSpan::secs(0));
+            p.drain_mode = Some("fixed".into());
             p.health_url = Some("{scheme}://127.0.0.1:{management_port}/healthcheck".into());
             settle(&p, &vars, "nodemanager").ok()
         });

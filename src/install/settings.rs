@@ -51,6 +51,8 @@ pub struct InstanceSettings {
     pub lb_rise: u32,
     /// Adaptive drain: end it once every poller got this many 503s in a row (None = fixed).
     pub adaptive_drain_fall: Option<u32>,
+    /// The longest the drain waits for requests in flight once the balancers took it out.
+    pub drain_timeout: TimeSpan,
 }
 
 /// The longest a start may go without progress: systemd's `TimeoutStartSec=`, which the
@@ -64,10 +66,11 @@ pub fn start_progress_window(start_timeout: std::time::Duration) -> std::time::D
 }
 
 impl InstanceSettings {
-    /// systemd's stop timeout: it bounds the drain (ExecStop) and, separately, the exit after
-    /// SIGTERM, so it must exceed both.
+    /// systemd's stop timeout: it bounds the drain (ExecStop: the wait for the balancers, then
+    /// for the requests in flight) and, separately, the exit after SIGTERM, so it must exceed
+    /// both.
     pub fn stop_timeout(&self) -> TimeSpan {
-        self.drain_delay + self.stop_grace
+        self.drain_delay + self.drain_timeout + self.stop_grace
     }
 }
 
@@ -110,8 +113,9 @@ pub fn builtin_defaults() -> SettingsPatch {
         after_nodemanager: Some(false),
         legacy_initd: Some(false),
         lb_rise: Some(DEFAULT_LB_RISE),
-        drain_mode: Some("fixed".into()),
+        drain_mode: Some("adaptive".into()),
         lb_fall: Some(DEFAULT_LB_FALL),
+        drain_timeout: Some(TimeSpan::secs(30)),
     }
 }
 
@@ -157,6 +161,10 @@ pub(super) fn settle(
     let drain_delay = patch.drain_delay.unwrap_or_default();
     if drain_delay > MAX_DRAIN_DELAY {
         return Err(("drain_delay", format!("{key}: drain_delay {drain_delay} is longer than the maximum of {MAX_DRAIN_DELAY}; use 0 to disable draining")));
+    }
+    let drain_timeout = patch.drain_timeout.unwrap_or_default();
+    if drain_timeout > MAX_DRAIN_DELAY {
+        return Err(("drain_timeout", format!("{key}: drain_timeout {drain_timeout} is longer than the maximum of {MAX_DRAIN_DELAY}; use 0 not to wait for requests in flight")));
     }
     let watchdog = patch.watchdog.unwrap_or_default();
     if !watchdog.is_zero() && watchdog < TimeSpan::secs(1) {
@@ -238,7 +246,7 @@ pub(super) fn settle(
             ));
         }
     }
-    let adaptive_drain_fall = match patch.drain_mode.as_deref().unwrap_or("fixed") {
+    let adaptive_drain_fall = match patch.drain_mode.as_deref().unwrap_or("adaptive") {
         "fixed" => None,
         "adaptive" => Some(lb_fall),
         other => {
@@ -258,6 +266,7 @@ pub(super) fn settle(
         legacy_initd,
         lb_rise,
         adaptive_drain_fall,
+        drain_timeout,
         health_url,
         drain_delay,
         stop_grace,

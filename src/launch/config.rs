@@ -84,6 +84,8 @@ pub struct LaunchConfig {
     pub drain_delay: Duration,
     /// Adaptive drain: end it once every poller got this many 503s in a row.
     pub drain_fall: Option<u32>,
+    /// The longest the drain waits for requests in flight after the balancers took it out.
+    pub drain_timeout: Duration,
     /// Upper bound of a start that keeps making progress.
     pub start_timeout: Duration,
     /// Watchdog interval systemd expects pings in, if enabled.
@@ -237,6 +239,7 @@ impl LaunchConfig {
             drain_fall: get("GATEWAY_DRAIN_FALL")
                 .and_then(|v| v.parse().ok())
                 .filter(|&n: &u32| n >= 1),
+            drain_timeout: span("GATEWAY_DRAIN_TIMEOUT", TimeSpan::secs(30))?,
             start_timeout: span("GATEWAY_START_TIMEOUT", TimeSpan::secs(300))?,
             watchdog,
             lb_listen,

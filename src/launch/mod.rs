@@ -350,10 +350,18 @@ fn run(config: LaunchConfig, handled: SigSet) -> i32 {
             let policy = control::DrainPolicy {
                 delay: config.drain_delay,
                 fall: config.drain_fall,
+                timeout: config.drain_timeout,
             };
-            if let Err(e) =
-                control::serve(&dir.join(crate::drain::SOCKET_NAME), policy, shared.clone())
-            {
+            let environment: Vec<String> = std::env::vars()
+                .filter(|(k, _)| k.starts_with("GATEWAY_"))
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            if let Err(e) = control::serve(
+                &dir.join(crate::drain::SOCKET_NAME),
+                policy,
+                environment,
+                shared.clone(),
+            ) {
                 tracing::error!("cannot open the control socket in {}: {e}; `gatewayctl drain` will not reach this instance", dir.display());
             }
         }
@@ -480,6 +488,12 @@ fn run(config: LaunchConfig, handled: SigSet) -> i32 {
             }
         })
         .expect("spawn the signal thread");
+    if config.role != Role::NodeManager {
+        let shared = shared.clone();
+        let _ = std::thread::Builder::new()
+            .name("traffic".into())
+            .spawn(move || sample_traffic(&shared, pid as i32));
+    }
     // std's Child would reap on wait(); the signal thread does that now.
     std::mem::forget(child);
     // Never unlocked by us: flock's unlock would release the gateway's inherited copy too.
@@ -487,6 +501,72 @@ fn run(config: LaunchConfig, handled: SigSet) -> i32 {
     std::mem::forget(lock);
 
     supervise(&config, &shared, &rx, pid, &name)
+}
+
+/// Sample the gateway's traffic connections every [`traffic::SAMPLE_EVERY`] for as long as the
+/// launcher runs: the drain reads from them which requests are in flight and which load
+/// balancer still sends requests. `gateway` is the gateway's process group.
+fn sample_traffic(shared: &Shared, gateway: i32) {
+    use crate::drain::sock_diag::{socket_inodes, socket_inodes_of_group, SockDiag};
+    use crate::drain::traffic;
+    let blind = |why: String| {
+        tracing::warn!("{why}; drains will not wait for requests in flight");
+        *shared
+            .traffic_blind
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(why);
+    };
+    let mut diag = match SockDiag::open() {
+        Ok(d) => d,
+        Err(e) => {
+            return blind(format!("cannot open a sock_diag netlink socket to see the gateway's connections ({e}); the unit must allow AF_NETLINK in RestrictAddressFamilies="));
+        }
+    };
+    let (mut ports, mut own) = (Vec::<u16>::new(), Vec::new());
+    let (mut ports_read, mut own_read): (Option<Instant>, Option<Instant>) = (None, None);
+    loop {
+        let now = Instant::now();
+        if shared.phase() == Phase::Stopping {
+            return;
+        }
+        // The gateway opens its listeners while it starts, and may open more when it deploys.
+        let every = if ports.is_empty() { 250 } else { 2000 };
+        if ports_read.is_none_or(|t| now - t >= Duration::from_millis(every)) {
+            let inodes = socket_inodes_of_group(gateway);
+            match diag.listening() {
+                Ok(listening) => {
+                    let mut found: Vec<u16> = listening
+                        .iter()
+                        .filter(|s| inodes.contains(&s.inode))
+                        .map(|s| s.local.port())
+                        .collect();
+                    found.sort_unstable();
+                    found.dedup();
+                    ports = found;
+                }
+                Err(e) => return blind(format!("cannot list listening sockets (sock_diag): {e}")),
+            }
+            ports_read = Some(now);
+        }
+        // Our own health checks reach the gateway too; they are not traffic.
+        if own_read.is_none_or(|t| now - t >= Duration::from_secs(1)) {
+            own = socket_inodes("/proc/self/fd");
+            own_read = Some(now);
+        }
+        match diag.connections(&ports) {
+            Ok(sockets) => shared
+                .traffic
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .update(now, &ports, &sockets, &own),
+            Err(e) => {
+                return blind(format!(
+                    "cannot list the gateway's connections (sock_diag): {e}"
+                ))
+            }
+        }
+        std::thread::sleep(traffic::SAMPLE_EVERY);
+    }
 }
 
 fn supervise(

@@ -1,6 +1,7 @@
 //! The instance's serving state, shared by the health loop, the LB endpoint and the control
 //! socket.
 
+use crate::drain::traffic::Traffic;
 use crate::drain::Poller;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -15,6 +16,7 @@ const MAX_POLLERS: usize = 64;
 struct PollRecord {
     streak_code: u16,
     streak: u32,
+    streak_began: Instant,
     polls: u64,
     last: Instant,
 }
@@ -28,11 +30,14 @@ pub enum Phase {
     Serving,
     /// Was ready, now fails its health check.
     Unhealthy,
-    /// Taken out of the load balancers' pool until `until`.
+    /// Taken out of the load balancers' pool: waiting until `until` at most for them to stop
+    /// routing to it, then for the requests in flight.
     Draining {
         /// When the drain delay is over.
         until: Instant,
     },
+    /// Drained: out of every pool, nothing in flight; waiting to be stopped.
+    Drained,
     /// Stopping (SIGTERM received or the gateway exited).
     Stopping,
 }
@@ -45,6 +50,7 @@ impl Phase {
             Phase::Serving => "serving",
             Phase::Unhealthy => "unhealthy",
             Phase::Draining { .. } => "draining",
+            Phase::Drained => "drained",
             Phase::Stopping => "stopping",
         }
     }
@@ -61,6 +67,12 @@ pub struct Shared {
     phase: Mutex<Phase>,
     changed: Condvar,
     pollers: Mutex<HashMap<(IpAddr, String), PollRecord>>,
+    /// The gateway's traffic connections, sampled by the launcher.
+    pub traffic: Mutex<Traffic>,
+    /// Why the traffic cannot be sampled, when it cannot.
+    pub traffic_blind: Mutex<Option<String>>,
+    /// How the drain went, once it is over.
+    report: Mutex<Option<crate::drain::DrainReport>>,
 }
 
 impl Default for Shared {
@@ -69,6 +81,9 @@ impl Default for Shared {
             phase: Mutex::new(Phase::Starting),
             changed: Condvar::new(),
             pollers: Mutex::new(HashMap::new()),
+            traffic: Mutex::new(Traffic::default()),
+            traffic_blind: Mutex::new(None),
+            report: Mutex::new(None),
         }
     }
 }
@@ -91,20 +106,25 @@ impl Shared {
         let r = pollers.entry(key).or_insert(PollRecord {
             streak_code: code,
             streak: 0,
+            streak_began: now,
             polls: 0,
             last: now,
         });
         if r.streak_code != code {
             r.streak_code = code;
             r.streak = 0;
+            r.streak_began = now;
         }
         r.streak = r.streak.saturating_add(1);
         r.polls += 1;
         r.last = now;
     }
 
-    /// The pollers seen, most recent first.
+    /// The pollers seen, most recent first, with when their address last sent traffic.
     pub fn pollers(&self) -> Vec<Poller> {
+        let now = Instant::now();
+        let ms = |t: Instant| now.saturating_duration_since(t).as_millis() as u64;
+        let traffic = self.traffic.lock().unwrap_or_else(|e| e.into_inner());
         let pollers = self.pollers.lock().unwrap_or_else(|e| e.into_inner());
         let mut list: Vec<Poller> = pollers
             .iter()
@@ -114,7 +134,9 @@ impl Shared {
                 streak_code: r.streak_code,
                 streak: r.streak,
                 polls: r.polls,
-                last_ms_ago: r.last.elapsed().as_millis() as u64,
+                last_ms_ago: ms(r.last),
+                streak_ms: Some(ms(r.streak_began)),
+                traffic_ms_ago: traffic.last_request_from(*address).map(ms),
             })
             .collect();
         list.sort_by_key(|p| p.last_ms_ago);
@@ -134,12 +156,14 @@ impl Shared {
         *p
     }
 
-    /// Start draining for `delay`, or join a drain in progress: when it ends, and whether this
-    /// call began it. None when the instance is already stopping.
-    pub fn drain_until(&self, delay: Duration) -> Option<(Instant, bool)> {
+    /// Start draining (waiting at most `delay` for the load balancers), or join a drain in
+    /// progress: when that wait ends, and the phase this call began the drain from (None when
+    /// it joined one). None when the instance is already stopping.
+    pub fn drain_until(&self, delay: Duration) -> Option<(Instant, Option<Phase>)> {
         let mut p = self.phase.lock().unwrap_or_else(|e| e.into_inner());
         match *p {
-            Phase::Draining { until } => Some((until, false)),
+            Phase::Draining { until } => Some((until, None)),
+            Phase::Drained => Some((Instant::now(), None)),
             Phase::Stopping => None,
             phase => {
                 // Never ready: its LB endpoint has answered 503 all along, so no balancer has
@@ -151,12 +175,12 @@ impl Shared {
                 let until = Instant::now() + delay;
                 *p = Phase::Draining { until };
                 self.changed.notify_all();
-                Some((until, true))
+                Some((until, Some(phase)))
             }
         }
     }
 
-    /// End the drain in progress now: every load balancer has taken the instance out.
+    /// End the wait for the load balancers now: every one has taken the instance out.
     pub fn end_drain_now(&self) {
         let mut p = self.phase.lock().unwrap_or_else(|e| e.into_inner());
         if let Phase::Draining { .. } = *p {
@@ -167,9 +191,9 @@ impl Shared {
         }
     }
 
-    /// Block until the drain is over (its end may move earlier: adaptive drain), or until the
-    /// instance starts stopping. True when the drain ran its course.
-    pub fn wait_drained(&self) -> bool {
+    /// Block until the wait for the load balancers is over (its end may move earlier:
+    /// adaptive drain), or until the instance starts stopping. True when it ran its course.
+    pub fn wait_taken_out(&self) -> bool {
         let mut p = self.phase.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             let until = match *p {
@@ -188,6 +212,35 @@ impl Shared {
                 .0;
         }
     }
+
+    /// The drain is over: remember how it went and release every waiter.
+    pub fn finish_drain(&self, report: crate::drain::DrainReport) {
+        *self.report.lock().unwrap_or_else(|e| e.into_inner()) = Some(report);
+        let mut p = self.phase.lock().unwrap_or_else(|e| e.into_inner());
+        if let Phase::Draining { .. } = *p {
+            *p = Phase::Drained;
+        }
+        self.changed.notify_all();
+    }
+
+    /// Block until the drain is over: its report, or None when the instance began stopping
+    /// first.
+    pub fn wait_drained(&self) -> Option<crate::drain::DrainReport> {
+        let mut p = self.phase.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            match *p {
+                Phase::Stopping => return None,
+                Phase::Drained => break,
+                _ => {}
+            }
+            p = self.changed.wait(p).unwrap_or_else(|e| e.into_inner());
+        }
+        drop(p);
+        self.report
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
 }
 
 #[cfg(test)]
@@ -197,9 +250,9 @@ mod tests {
     #[test]
     fn an_instance_that_never_served_drains_at_once() {
         let shared = Shared::default();
-        let (until, first) = shared.drain_until(Duration::from_secs(30)).unwrap();
-        assert!(first && until <= Instant::now());
-        assert!(shared.wait_drained());
+        let (until, from) = shared.drain_until(Duration::from_secs(30)).unwrap();
+        assert!(from == Some(Phase::Starting) && until <= Instant::now());
+        assert!(shared.wait_taken_out());
     }
 
     #[test]
@@ -228,23 +281,37 @@ mod tests {
     fn a_second_drain_joins_the_first() {
         let s = Shared::default();
         s.update(|_| Phase::Serving);
-        let (until, began) = s.drain_until(Duration::from_secs(10)).unwrap();
-        assert!(began && !s.phase().takes_traffic());
-        let (again, began_again) = s.drain_until(Duration::from_secs(99)).unwrap();
-        assert_eq!((again, began_again), (until, false));
+        let (until, from) = s.drain_until(Duration::from_secs(10)).unwrap();
+        assert!(from == Some(Phase::Serving) && !s.phase().takes_traffic());
+        let (again, from_again) = s.drain_until(Duration::from_secs(99)).unwrap();
+        assert_eq!((again, from_again), (until, None));
         // An adaptive drain that ends early releases every waiter at once.
         let started = Instant::now();
+        let report = crate::drain::DrainReport {
+            total: Duration::from_secs(1),
+            taken_out: Duration::from_secs(1),
+            in_flight: Duration::ZERO,
+            summary: "done".into(),
+        };
         std::thread::scope(|t| {
             t.spawn(|| {
                 std::thread::sleep(Duration::from_millis(50));
                 s.end_drain_now();
+                assert!(s.wait_taken_out());
+                s.finish_drain(report.clone());
             });
-            assert!(s.wait_drained());
+            assert_eq!(s.wait_drained(), Some(report.clone()));
         });
         assert!(started.elapsed() < Duration::from_secs(5));
         assert!(!s.phase().takes_traffic(), "a drained instance stays out");
+        // A drain asked for after it is over joins it at once.
+        assert_eq!(s.drain_until(Duration::from_secs(5)).unwrap().1, None);
+        assert_eq!(s.wait_drained(), Some(report));
         s.update(|_| Phase::Stopping);
         assert!(s.drain_until(Duration::from_secs(1)).is_none());
-        assert!(!s.wait_drained(), "a stopping instance ends the wait early");
+        assert!(
+            s.wait_drained().is_none(),
+            "a stopping instance ends the wait early"
+        );
     }
 }

@@ -194,6 +194,10 @@ pub struct UnitStatus {
     pub active_enter_timestamp: u64,
     /// success, exit-code, signal, timeout, watchdog, ...
     pub result: String,
+    /// The `GATEWAY_*` variables of its `Environment=` as systemd loaded them last (after a
+    /// daemon-reload: the generator's current settings), `NAME=value`.
+    #[serde(skip)]
+    pub gateway_environment: Vec<String>,
 }
 
 fn get<T: TryFrom<OwnedValue>>(map: &HashMap<String, OwnedValue>, key: &str) -> Option<T> {
@@ -466,6 +470,11 @@ async fn unit_status(
         status_text: get(&all, "StatusText").unwrap_or_default(),
         n_restarts: get(&all, "NRestarts").unwrap_or_default(),
         result: get(&all, "Result").unwrap_or_default(),
+        gateway_environment: get::<Vec<String>>(&all, "Environment")
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|v| v.starts_with("GATEWAY_"))
+            .collect(),
     })
 }
 

@@ -108,6 +108,7 @@ fn common_service_lines(out: &mut String, inst: &Installation, s: &InstanceSetti
     if let Some(fall) = s.adaptive_drain_fall {
         env(out, "GATEWAY_DRAIN_FALL", &fall.to_string());
     }
+    env(out, "GATEWAY_DRAIN_TIMEOUT", &s.drain_timeout.to_string());
     env(out, "GATEWAY_START_TIMEOUT", &s.start_timeout.to_string());
     if let Some(cmd) = &s.start_command {
         env(

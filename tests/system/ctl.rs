@@ -735,7 +735,7 @@ fn adaptive_drain_under_haproxy(c: &Container) -> Result<(), Failed> {
             since.trim(),
             "--no-pager",
         ])?;
-        if !journal.contains("load balancer(s) polling it got 2 503s in a row") {
+        if !journal.contains("took it out: each got 2 503s in a row") {
             return Err(fail(format!(
                 "the journal does not say why the drain ended:\n{journal}"
             )));
@@ -743,4 +743,189 @@ fn adaptive_drain_under_haproxy(c: &Container) -> Result<(), Failed> {
         println!("    adaptive drain: stop took {took:?} with a 20 s drain delay");
         Ok(())
     })
+}
+
+/// The demo gateway as a gateway without a graceful stop: SIGTERM cuts what is in flight, so
+/// only the drain can save a long request.
+const DEMO_CUTTING: &str =
+    "start_command = [\"/usr/libexec/gateway-systemd/gateway-demo\", \"--stop-grace\", \"0s\"]\n";
+
+/// Start a long request to `url` (inside the container), stop server1 with `stop` while it
+/// runs: (the request's HTTP status, the stop's output, how long the stop took).
+fn long_request_during_stop(
+    c: &Container,
+    url: &str,
+    stop: &[&str],
+) -> Result<(String, String, Duration), Failed> {
+    let curl = c.spawn(&[
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "30",
+        url,
+    ]);
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let (_, out, err) = run(c, stop);
+    let took = started.elapsed();
+    let (_, code) = finish(curl)?;
+    Ok((code.trim().to_string(), format!("{out}{err}"), took))
+}
+
+/// A 4 s request is in flight when server1 is stopped (fixed 1 s drain): the drain waits for
+/// it, it completes with 200, and `gatewayctl stop` reports the real drain time. The control:
+/// with drain_timeout = 1s the same request is cut, and the report says so.
+pub fn requests_in_flight_finish_before_the_gateway_stops(c: &Container) -> Result<(), Failed> {
+    let config = format!(
+        "[instances.\"group1/server1\"]\n{DEMO_CUTTING}drain_mode = \"fixed\"\ndrain_delay = \"1s\"\n"
+    );
+    c.with_config("70-in-flight.toml", &config, || {
+        c.ok(&["systemctl", "start", SERVER1])?;
+        let (code, out, took) = long_request_during_stop(
+            c,
+            "http://127.0.0.1:8080/echo?delay_ms=4000",
+            &["gatewayctl", "stop", "group1/server1"],
+        )?;
+        if code != "200"
+            || !out.contains("group1/server1: drained in")
+            || !out.contains("the 1 request(s) in flight finished")
+            || took < Duration::from_millis(3000)
+        {
+            return Err(fail(format!(
+                "a 4 s request during a stop got {code:?}; the stop took {took:?}:\n{out}"
+            )));
+        }
+        println!("    a 4 s request survived a stop with a 1 s drain; the stop took {took:?}");
+        c.with_config("71-short-timeout.toml", "[instances.\"group1/server1\"]\ndrain_timeout = \"1s\"\n", || {
+            c.ok(&["systemctl", "start", SERVER1])?;
+            let (code, out, _) = long_request_during_stop(
+                c,
+                "http://127.0.0.1:8080/echo?delay_ms=6000",
+                &["gatewayctl", "stop", "group1/server1"],
+            )?;
+            if code == "200"
+                || !out.contains("drain_timeout (1s) ended the wait with 1 request(s) still in flight")
+            {
+                return Err(fail(format!(
+                    "with drain_timeout = 1s a 6 s request should have been cut, and said so; it got {code:?}:\n{out}"
+                )));
+            }
+            Ok::<(), Failed>(())
+        })
+    })
+}
+
+/// Adaptive drain behind HAProxy (fall 2, 200 ms checks; the only server up is server1): a
+/// 3 s request through HAProxy is in flight when server1 stops. HAProxy takes it out within
+/// half a second, and the drain still waits for the request, which completes with 200.
+pub fn adaptive_drain_waits_for_a_long_request_through_haproxy(
+    c: &Container,
+) -> Result<(), Failed> {
+    let config = format!(
+        "[instances.\"group1/server1\"]\n{DEMO_CUTTING}lb_fall = 2\ndrain_delay = \"20s\"\n"
+    );
+    c.with_config("70-adaptive-long.toml", &config, || {
+        with_haproxy(c, &[SERVER1], [true, false, false], || {
+            let since = c.ok(&["date", "+%Y-%m-%d %H:%M:%S"])?;
+            let (code, out, took) = long_request_during_stop(
+                c,
+                "http://127.0.0.1:8000/echo?delay_ms=3000",
+                &["systemctl", "stop", SERVER1],
+            )?;
+            let journal = c.ok(&[
+                "journalctl", "-u", SERVER1, "--since", since.trim(), "--no-pager",
+            ])?;
+            if code != "200"
+                || !journal.contains("took it out: each got 2 503s in a row")
+                || !journal.contains("the 1 request(s) in flight finished")
+                || took > Duration::from_secs(10)
+            {
+                return Err(fail(format!(
+                    "a 3 s request through HAProxy during an adaptive drain got {code:?}; the stop took {took:?}:\n{out}\n{journal}"
+                )));
+            }
+            println!("    adaptive drain: a 3 s request through HAProxy survived; the stop took {took:?}");
+            Ok(())
+        })
+    })
+}
+
+/// Behind HAProxy with rise 5 while we assume lb_rise = 1, and with traffic flowing through
+/// it: rolling-restart waits until HAProxy routes requests to each restarted instance again,
+/// so HAProxy never has two servers out. (The same run without traffic has two out at once:
+/// `rolling_restart_waits_for_the_load_balancer`.)
+pub fn rolling_restart_watches_the_balancers_traffic(c: &Container) -> Result<(), Failed> {
+    c.with_config(
+        "70-low-rise.toml",
+        "[defaults]\nlb_rise = 1\nlb_fall = 1\n",
+        || {
+            with_haproxy(c, &[SERVER1, SERVER2, SERVER3], [true; 3], || {
+                c.ok(&[
+                    "systemd-run",
+                    "--unit=gateway-test-traffic",
+                    "sh",
+                    "-c",
+                    "while :; do curl -s -o /dev/null --max-time 2 http://127.0.0.1:8000/echo; done",
+                ])?;
+                // Every launcher has seen HAProxy's traffic before the first drain.
+                std::thread::sleep(Duration::from_secs(1));
+                let result = rolling_restart_under_haproxy(c);
+                let _ = c.exec(&["systemctl", "stop", "gateway-test-traffic"]);
+                let (ok, out, samples) = result?;
+                if !ok || !out.contains("routes requests to it again") {
+                    return Err(fail(format!("rolling-restart with traffic:\n{out}")));
+                }
+                let most = most_out_at_once(&samples);
+                if most > 1 {
+                    return Err(fail(format!(
+                        "HAProxy had {most} servers out at once although its traffic showed when it took each back:\n{out}"
+                    )));
+                }
+                if !out.contains("sent no request for 1s") {
+                    return Err(fail(format!(
+                        "the drains did not watch HAProxy's traffic stop:\n{out}"
+                    )));
+                }
+                println!("    rolling restart with traffic, lb_rise 1 against HAProxy's rise 5: at most {most} out");
+                Ok(())
+            })
+        },
+    )
+}
+
+/// A drain setting changed while an instance runs takes effect at its next restart, and
+/// `gatewayctl status` says so until then.
+pub fn status_shows_a_restart_pending(c: &Container) -> Result<(), Failed> {
+    c.ok(&["systemctl", "start", SERVER1])?;
+    let result = c.with_config(
+        "70-pending.toml",
+        "[instances.\"group1/server1\"]\ndrain_delay = \"7s\"\n",
+        || {
+            let (_, out, err) = ctl(c, &["status", "group1/server1"]);
+            if !out.contains("group1/server1: restart pending: drain_delay 3s -> 7s") {
+                return Err(fail(format!(
+                    "status after a drain_delay change:\n{out}{err}"
+                )));
+            }
+            let json = status_json(c, "group1/server1")?;
+            if json["restart_pending"]
+                .as_array()
+                .is_none_or(|a| a.is_empty())
+            {
+                return Err(fail(format!("status --json lacks restart_pending: {json}")));
+            }
+            c.ok(&["systemctl", "restart", SERVER1])?;
+            let (_, out, _) = ctl(c, &["status", "group1/server1"]);
+            if out.contains("restart pending") {
+                return Err(fail(format!("still pending after a restart:\n{out}")));
+            }
+            Ok(())
+        },
+    );
+    let _ = c.exec(&["systemctl", "stop", SERVER1]);
+    result
 }

@@ -119,8 +119,8 @@ fn instance_unit_is_loaded_with_its_drop_in(c: &Container) -> Result<(), Failed>
         })?;
     }
     let stop = c.property(SERVER1, "TimeoutStopUSec")?;
-    check(stop == "33s", || {
-        format!("TimeoutStopUSec of {SERVER1} is {stop}, expected the demo's drain 3s + grace 30s")
+    check(stop == "1min 3s", || {
+        format!("TimeoutStopUSec of {SERVER1} is {stop}, expected the demo's drain 3s + drain_timeout 30s + grace 30s")
     })?;
     let user = c.property(SERVER1, "User")?;
     check(user == "gateway", || {
@@ -368,6 +368,22 @@ fn main() {
         (
             "launcher::adaptive_drain_ends_when_the_balancer_took_it_out",
             ctl::adaptive_drain_ends_when_the_balancer_took_it_out,
+        ),
+        (
+            "drain::requests_in_flight_finish_before_the_gateway_stops",
+            ctl::requests_in_flight_finish_before_the_gateway_stops,
+        ),
+        (
+            "drain::adaptive_drain_waits_for_a_long_request_through_haproxy",
+            ctl::adaptive_drain_waits_for_a_long_request_through_haproxy,
+        ),
+        (
+            "gatewayctl::rolling_restart_watches_the_balancers_traffic",
+            ctl::rolling_restart_watches_the_balancers_traffic,
+        ),
+        (
+            "gatewayctl::status_shows_a_restart_pending",
+            ctl::status_shows_a_restart_pending,
         ),
         ("compat::startinstance", ctl::startinstance_compatible),
         ("compat::nodemanager", ctl::nodemanager_compatible),
