@@ -737,22 +737,30 @@ fn status(systemd: &Systemd, scope: &Scope, chosen: &[Named], json: bool) -> i32
     }
     // Settings changed since a running instance started (config edited, daemon-reload run):
     // they apply at its next restart.
-    let pending: Vec<Vec<String>> = rows
+    let launchers: Vec<Option<drain::LauncherStatus>> = rows
         .iter()
         .map(|(i, s)| match (scope.local(i), s.main_pid) {
-            (Some(l), pid) if pid != 0 => drain::status(&drain::control_socket(&l.runtime_dir()))
-                .ok()
-                .filter(|ls| !ls.environment.is_empty())
-                .map(|ls| drain::settings_changed(&ls.environment, &s.gateway_environment))
-                .unwrap_or_default(),
+            (Some(l), pid) if pid != 0 => {
+                drain::status(&drain::control_socket(&l.runtime_dir())).ok()
+            }
+            _ => None,
+        })
+        .collect();
+    let pending: Vec<Vec<String>> = rows
+        .iter()
+        .zip(&launchers)
+        .map(|((_, s), launcher)| match launcher {
+            Some(ls) if !ls.environment.is_empty() => {
+                drain::settings_changed(&ls.environment, &s.gateway_environment)
+            }
             _ => Vec::new(),
         })
         .collect();
     if json {
         let list: Vec<serde_json::Value> = rows
             .iter()
-            .zip(&pending)
-            .map(|((i, s), pending)| {
+            .zip(pending.iter().zip(&launchers))
+            .map(|((i, s), (pending, launcher))| {
                 let mut v = serde_json::to_value(s).unwrap_or_default();
                 v["group"] = i.group.clone().into();
                 v["instance"] = i.instance.clone().into();
@@ -760,6 +768,9 @@ fn status(systemd: &Systemd, scope: &Scope, chosen: &[Named], json: bool) -> i32
                     v["autostart"] = l.settings.autostart.into();
                 }
                 v["restart_pending"] = serde_json::json!(pending);
+                if let Some(l) = launcher {
+                    v["load_balancers"] = serde_json::json!(l.pollers);
+                }
                 v
             })
             .collect();

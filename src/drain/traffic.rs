@@ -64,6 +64,10 @@ impl Traffic {
             }
             seen.insert(s.cookie);
             let peer = canonical(s.peer.ip());
+            // A connection new since the last sample got its data since then.
+            if c.data_segs_in > 0 && !self.conns.contains_key(&s.cookie) {
+                self.last_request.insert(peer, now);
+            }
             let t = self.conns.entry(s.cookie).or_insert_with(|| Track {
                 peer,
                 last: c,
@@ -253,13 +257,17 @@ mod tests {
         };
         t.update(t0, &[PORT], &[unread, newer_in, check, own_end], &[77]);
         assert_eq!(t.busy(), (2, 2));
-        assert!(t.last_request_from("10.0.0.9".parse().unwrap()).is_none());
+        // New connections with data: their requests came since the last sample.
+        assert_eq!(t.last_request_from("10.0.0.9".parse().unwrap()), Some(t0));
+        assert!(t.last_request_from("10.0.0.8".parse().unwrap()).is_none());
         // A new connection's first request, read, its ACK sent at once, in the tick the
         // connection opened: nothing was ever answered on it.
         let first = sock(5, 5003, 0, counters(2, 1, 0, 700, 700));
         let mut t2 = Traffic::default();
         t2.update(t0, &[PORT], &[first], &[]);
         assert_eq!(t2.busy(), (1, 1));
+        // It came from its address since the last sample.
+        assert_eq!(t2.last_request_from("10.0.0.9".parse().unwrap()), Some(t0));
         // Data coming in is a request from its address.
         let t1 = t0 + SAMPLE_EVERY;
         t.update(

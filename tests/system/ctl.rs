@@ -873,6 +873,16 @@ pub fn rolling_restart_watches_the_balancers_traffic(c: &Container) -> Result<()
                 ])?;
                 // Every launcher has seen HAProxy's traffic before the first drain.
                 std::thread::sleep(Duration::from_secs(1));
+                let seen = status_json(c, "group1/server1")?;
+                if seen["load_balancers"][0]["traffic_ms_ago"].as_u64().is_none_or(|ms| ms > 1000) {
+                    let ss = c.exec(&["ss", "-tnie", "sport = :8080"]);
+                    let gen = c.exec(&["systemctl", "status", "gateway-test-traffic"]);
+                    return Err(fail(format!(
+                        "server1's launcher did not see HAProxy's traffic: {seen}\n{}\n{}",
+                        String::from_utf8_lossy(&ss.stdout),
+                        String::from_utf8_lossy(&gen.stdout)
+                    )));
+                }
                 let result = rolling_restart_under_haproxy(c);
                 let _ = c.exec(&["systemctl", "stop", "gateway-test-traffic"]);
                 let (ok, out, samples) = result?;
