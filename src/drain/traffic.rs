@@ -29,6 +29,9 @@ pub const MOVED_LATELY: Duration = Duration::from_millis(100);
 #[derive(Debug, Clone)]
 struct Track {
     peer: IpAddr,
+    /// When data was first seen on it, until a second sample confirms it is a lasting
+    /// connection's request.
+    unconfirmed_request: Option<Instant>,
     last: TcpCounters,
     /// Data segments in and pure ACKs out as of the first sample after the last data went out.
     in_since_answer: u32,
@@ -64,12 +67,13 @@ impl Traffic {
             }
             seen.insert(s.cookie);
             let peer = canonical(s.peer.ip());
-            // A connection new since the last sample got its data since then.
-            if c.data_segs_in > 0 && !self.conns.contains_key(&s.cookie) {
-                self.last_request.insert(peer, now);
-            }
+            let is_new = !self.conns.contains_key(&s.cookie);
             let t = self.conns.entry(s.cookie).or_insert_with(|| Track {
                 peer,
+                // A connection new since the last sample got its data since then; it counts
+                // as its peer's request once it is seen again (a connection that opens and
+                // closes between two samples, like a one-shot probe, is nobody's traffic).
+                unconfirmed_request: (c.data_segs_in > 0).then_some(now),
                 last: c,
                 in_since_answer: c.data_segs_in,
                 acks_since_answer: c.pure_acks_out(),
@@ -83,6 +87,11 @@ impl Traffic {
             if went_out {
                 t.in_since_answer = c.data_segs_in;
                 t.acks_since_answer = c.pure_acks_out();
+            }
+            if !is_new {
+                if let Some(at) = t.unconfirmed_request.take() {
+                    self.last_request.insert(peer, at);
+                }
             }
             if came_in {
                 self.last_request.insert(peer, now);
@@ -257,16 +266,17 @@ mod tests {
         };
         t.update(t0, &[PORT], &[unread, newer_in, check, own_end], &[77]);
         assert_eq!(t.busy(), (2, 2));
-        // New connections with data: their requests came since the last sample.
-        assert_eq!(t.last_request_from("10.0.0.9".parse().unwrap()), Some(t0));
-        assert!(t.last_request_from("10.0.0.8".parse().unwrap()).is_none());
+        // New connections with data: their requests came since the last sample, and count
+        // once a second sample sees the connection still there.
+        assert!(t.last_request_from("10.0.0.9".parse().unwrap()).is_none());
         // A new connection's first request, read, its ACK sent at once, in the tick the
         // connection opened: nothing was ever answered on it.
         let first = sock(5, 5003, 0, counters(2, 1, 0, 700, 700));
         let mut t2 = Traffic::default();
-        t2.update(t0, &[PORT], &[first], &[]);
+        t2.update(t0, &[PORT], &[first.clone()], &[]);
         assert_eq!(t2.busy(), (1, 1));
-        // It came from its address since the last sample.
+        assert!(t2.last_request_from("10.0.0.9".parse().unwrap()).is_none());
+        t2.update(t0 + SAMPLE_EVERY, &[PORT], &[first], &[]);
         assert_eq!(t2.last_request_from("10.0.0.9".parse().unwrap()), Some(t0));
         // Data coming in is a request from its address.
         let t1 = t0 + SAMPLE_EVERY;

@@ -185,7 +185,13 @@ fn health_agent(timeout: Duration, url: &str) -> ureq::Agent {
 /// One health check: the HTTP status, or why there was none.
 fn check(agent: &ureq::Agent, url: &str) -> Result<u16, String> {
     match agent.get(url).call() {
-        Ok(resp) => Ok(resp.status().as_u16()),
+        Ok(mut resp) => {
+            // Read the (small) answer to its end so the connection is kept for the next check:
+            // a new connection per check is churn for the gateway, and each would look like a
+            // client's request to the drain's view of its sockets.
+            let _ = resp.body_mut().with_config().limit(64 * 1024).read_to_vec();
+            Ok(resp.status().as_u16())
+        }
         Err(e) => Err(e.to_string()),
     }
 }
@@ -523,7 +529,8 @@ fn sample_traffic(shared: &Shared, gateway: i32) {
         }
     };
     let (mut ports, mut own) = (Vec::<u16>::new(), Vec::new());
-    let (mut ports_read, mut own_read): (Option<Instant>, Option<Instant>) = (None, None);
+    let mut foreign = std::collections::HashSet::new();
+    let mut ports_read: Option<Instant> = None;
     loop {
         let now = Instant::now();
         if shared.phase() == Phase::Stopping {
@@ -548,17 +555,29 @@ fn sample_traffic(shared: &Shared, gateway: i32) {
             }
             ports_read = Some(now);
         }
-        // Our own health checks reach the gateway too; they are not traffic.
-        if own_read.is_none_or(|t| now - t >= Duration::from_secs(1)) {
-            own = socket_inodes("/proc/self/fd");
-            own_read = Some(now);
-        }
         match diag.connections(&ports) {
-            Ok(sockets) => shared
-                .traffic
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .update(now, &ports, &sockets, &own),
+            Ok(sockets) => {
+                // Our own health checks reach the gateway too; they are not traffic. Client
+                // ends on this host not seen before are looked up among our open files.
+                let unknown = sockets.iter().any(|s| {
+                    !ports.contains(&s.local.port())
+                        && !own.contains(&s.inode)
+                        && !foreign.contains(&s.inode)
+                });
+                if unknown {
+                    own = socket_inodes("/proc/self/fd");
+                    foreign = sockets
+                        .iter()
+                        .filter(|s| !ports.contains(&s.local.port()) && !own.contains(&s.inode))
+                        .map(|s| s.inode)
+                        .collect();
+                }
+                shared
+                    .traffic
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .update(now, &ports, &sockets, &own)
+            }
             Err(e) => {
                 return blind(format!(
                     "cannot list the gateway's connections (sock_diag): {e}"

@@ -826,7 +826,7 @@ pub fn adaptive_drain_waits_for_a_long_request_through_haproxy(
     c: &Container,
 ) -> Result<(), Failed> {
     let config = format!(
-        "[instances.\"group1/server1\"]\n{DEMO_CUTTING}lb_fall = 2\ndrain_delay = \"20s\"\n"
+        "[instances.\"group1/server1\"]\n{DEMO_CUTTING}drain_mode = \"adaptive\"\nlb_fall = 2\ndrain_delay = \"20s\"\n"
     );
     c.with_config("70-adaptive-long.toml", &config, || {
         with_haproxy(c, &[SERVER1], [true, false, false], || {
@@ -861,7 +861,7 @@ pub fn adaptive_drain_waits_for_a_long_request_through_haproxy(
 pub fn rolling_restart_watches_the_balancers_traffic(c: &Container) -> Result<(), Failed> {
     c.with_config(
         "70-low-rise.toml",
-        "[defaults]\nlb_rise = 1\nlb_fall = 1\n",
+        "[defaults]\ndrain_mode = \"adaptive\"\nlb_rise = 1\nlb_fall = 1\n",
         || {
             with_haproxy(c, &[SERVER1, SERVER2, SERVER3], [true; 3], || {
                 c.ok(&[

@@ -10,6 +10,7 @@ mod common;
 mod ctl;
 mod harness;
 mod launcher;
+mod load;
 mod migrate;
 
 use common::install_package;
@@ -220,8 +221,8 @@ fn daemon_reload_applies_config_changes(c: &Container) -> Result<(), Failed> {
                 format!("after reload gateway.target does not want {SERVER2}: {wants}")
             })?;
             let stop = c.property(SERVER2, "TimeoutStopUSec")?;
-            check(stop == "1min 15s", || {
-                format!("TimeoutStopUSec of {SERVER2} is {stop}, expected 45s + 30s")
+            check(stop == "1min 45s", || {
+                format!("TimeoutStopUSec of {SERVER2} is {stop}, expected 45s + 30s + 30s")
             })
         },
     )
