@@ -273,7 +273,7 @@ mod tests {
         // connection opened: nothing was ever answered on it.
         let first = sock(5, 5003, 0, counters(2, 1, 0, 700, 700));
         let mut t2 = Traffic::default();
-        t2.update(t0, &[PORT], &[first.clone()], &[]);
+        t2.update(t0, &[PORT], std::slice::from_ref(&first), &[]);
         assert_eq!(t2.busy(), (1, 1));
         assert!(t2.last_request_from("10.0.0.9".parse().unwrap()).is_none());
         t2.update(t0 + SAMPLE_EVERY, &[PORT], &[first], &[]);
