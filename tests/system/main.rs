@@ -379,6 +379,10 @@ fn main() {
             ctl::adaptive_drain_waits_for_a_long_request_through_haproxy,
         ),
         (
+            "drain::zero_downtime_under_load",
+            load::zero_downtime_under_load,
+        ),
+        (
             "gatewayctl::rolling_restart_watches_the_balancers_traffic",
             ctl::rolling_restart_watches_the_balancers_traffic,
         ),
