@@ -43,6 +43,7 @@ struct Track {
 /// The traffic connections of an instance and who sends requests over them.
 #[derive(Debug, Default)]
 pub struct Traffic {
+    ports: Vec<u16>,
     conns: HashMap<u64, Track>,
     last_request: HashMap<IpAddr, Instant>,
     sampled: Option<Instant>,
@@ -113,6 +114,12 @@ impl Traffic {
         self.last_request
             .retain(|_, at| now.duration_since(*at) < Duration::from_secs(600));
         self.sampled = Some(now);
+        self.ports = ports.to_vec();
+    }
+
+    /// The gateway's listening ports in the last sample.
+    pub fn ports(&self) -> &[u16] {
+        &self.ports
     }
 
     /// When the last sample was taken.

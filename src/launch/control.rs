@@ -121,10 +121,13 @@ fn wait_for_requests_in_flight(shared: &Shared, timeout: Duration) -> Option<Str
         if shared.phase() == Phase::Stopping {
             return None;
         }
-        let (sampled, (busy, open)) = {
+        let (sampled, (busy, open), no_ports) = {
             let t = shared.traffic.lock().unwrap_or_else(|e| e.into_inner());
-            (t.sampled(), t.busy())
+            (t.sampled(), t.busy(), t.ports().is_empty())
         };
+        if sampled.is_some_and(|at| at > since) && no_ports {
+            return Some("requests in flight were not waited for: no listening socket of the gateway was found (the launcher reads them from /proc/PID/fd of the gateway's processes, which run as its user)".to_string());
+        }
         if sampled.is_some_and(|at| at > since) {
             let first = *busy_at_first.get_or_insert(busy);
             if busy == 0 {
