@@ -416,7 +416,7 @@ pub fn run(
                     (failed || (ta > 1000 && !uri.contains("long=1"))).then_some((ta, l))
                 })
                 .collect();
-            notable.sort_by(|a, b| b.0.cmp(&a.0));
+            notable.sort_by_key(|n| std::cmp::Reverse(n.0));
             outcome.slowest = notable
                 .iter()
                 .take(10)
