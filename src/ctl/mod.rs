@@ -878,6 +878,23 @@ fn drain_before_stop(
     }
 }
 
+/// A drain done for a stop that then failed (denied, or the job failed with the gateway still
+/// running): put the instance back into its balancers' pools and say so.
+fn undo_drain(scope: &Scope, i: &Named) {
+    let Some(local) = scope.local(i) else { return };
+    match drain::undrain(&drain::control_socket(&local.runtime_dir())) {
+        Ok(true) => eprintln!(
+            "{}: the stop did not happen, so its drain was undone: its LB health endpoint answers 200 again",
+            i.shown()
+        ),
+        Ok(false) | Err(DrainError::NotRunning { .. }) => {}
+        Err(e) => eprintln!(
+            "{}: the stop did not happen and its drain could not be undone ({e}); it stays out of its balancers' pools until it is restarted",
+            i.shown()
+        ),
+    }
+}
+
 /// "drained in 6.3s (...): summary", as every command prints a drain.
 fn drained_line(r: &drain::DrainReport) -> String {
     if r.summary.is_empty() {
@@ -898,10 +915,13 @@ fn jobs(systemd: &Systemd, scope: &Scope, verb: Verb, chosen: &[Named]) -> i32 {
     let mut code = exit::OK;
     for i in chosen {
         let started = Instant::now();
-        if verb != Verb::Start {
-            drain_before_stop(scope, i, &|line| println!("{line}"));
+        let drained = verb != Verb::Start
+            && drain_before_stop(scope, i, &|line| println!("{line}")).is_some();
+        let result = run_job_reported(systemd, verb, &i.unit);
+        if drained && result.is_err() {
+            undo_drain(scope, i);
         }
-        match run_job_reported(systemd, verb, &i.unit) {
+        match result {
             Ok(()) => println!(
                 "{} {}: done in {:.1}s",
                 verb.word(),
@@ -1127,6 +1147,9 @@ fn rolling_restart(
             say(format!("{who}: restarting"));
             let job = Instant::now();
             if let Err(code) = run_job_reported(systemd, Verb::Restart, unit) {
+                if step.drain_seconds.is_some() {
+                    undo_drain(scope, i);
+                }
                 eprintln!(
                     "rolling restart stopped at {who}; {} instance(s) not restarted",
                     n - k - 1

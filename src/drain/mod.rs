@@ -142,7 +142,11 @@ pub fn request(
 ) -> Result<DrainOutcome, DrainError> {
     let io_err = |source: io::Error| DrainError::from_io(socket, source);
     let mut stream = UnixStream::connect(socket).map_err(io_err)?;
+    stream
+        .set_read_timeout(Some(QUICK_ANSWER))
+        .map_err(io_err)?;
     stream.write_all(b"drain\n").map_err(io_err)?;
+    let waiting = stream.try_clone().map_err(io_err)?;
     let mut lines = BufReader::new(stream).lines();
     let mut next = || -> Result<String, DrainError> {
         match lines.next() {
@@ -168,6 +172,10 @@ pub fn request(
     if !wait {
         return Ok(DrainOutcome::Started(delay));
     }
+    // The launcher bounds the drain by the drain delay and drain_timeout (at most 300 s).
+    waiting
+        .set_read_timeout(Some(delay + Duration::from_secs(300 + 60)))
+        .map_err(io_err)?;
     let began = std::time::Instant::now();
     match next()?.as_str() {
         // The launcher exits when the gateway does, closing the socket mid-drain.
@@ -254,6 +262,10 @@ impl Poller {
     }
 }
 
+/// How long a balancer that sent traffic before may pass its checks without sending a
+/// request before it counts as back by `lb_rise` alone.
+pub const TRAFFIC_WAIT: Duration = Duration::from_secs(20);
+
 /// How long a balancer's address must send no request before the drain counts it as having
 /// taken the instance out (after its `fall` 503s at least).
 pub const TRAFFIC_QUIET: Duration = Duration::from_secs(1);
@@ -295,20 +307,39 @@ pub fn back_in_pool(
                 .filter(|b| b.sends_traffic() && b.alone_at_its_address(known))
                 .collect();
             let mut m = missing(&mut known.iter());
+            // A balancer passing its checks for long without sending a request (little
+            // traffic, or traffic from other addresses) counts as back by the count alone.
+            let (quiet, silent): (Vec<&&Poller>, Vec<&&Poller>) = watched
+                .iter()
+                .filter(|b| b.got_in_a_row(now, 200, rise) && !b.routes_again(now))
+                .partition(|b| {
+                    b.find_in(now)
+                        .and_then(|p| p.streak_ms)
+                        .is_some_and(|ms| Duration::from_millis(ms) >= TRAFFIC_WAIT)
+                });
             m.extend(
-                watched
+                silent
                     .iter()
-                    .filter(|b| b.got_in_a_row(now, 200, rise) && !b.routes_again(now))
                     .map(|b| format!("{} (passes its checks, sends no traffic yet)", shown(b))),
             );
             if !m.is_empty() {
                 return Err(m.join(", "));
             }
-            Ok(match (known.len(), watched.len()) {
+            let note = match quiet.as_slice() {
+                [] => String::new(),
+                q => format!(
+                    "; {} passed its checks for {}s without sending a request and counts as back by lb_rise alone",
+                    q.iter().map(|b| shown(b)).collect::<Vec<_>>().join(", "),
+                    TRAFFIC_WAIT.as_secs()
+                ),
+            };
+            let watched_len = watched.len() - quiet.len();
+            let how = match (known.len(), watched_len) {
                 (n, 0) => format!("each of its {n} load balancer(s) saw {rise} passing checks (its traffic could not be told apart, so its own rise is assumed to be lb_rise)"),
                 (n, w) if w == n => format!("each of its {n} load balancer(s) saw {rise} passing checks and routes requests to it again"),
                 (n, w) => format!("each of its {n} load balancer(s) saw {rise} passing checks; the {w} whose traffic can be told apart route requests to it again"),
-            })
+            };
+            Ok(how + &note)
         }
         None => {
             let recent: Vec<&Poller> = now.iter().filter(|p| p.is_recent()).collect();
@@ -374,6 +405,9 @@ pub fn extend_stop_timeout(socket: &Path, by: Duration) -> Result<(), DrainError
     let io_err = |source: io::Error| DrainError::from_io(socket, source);
     let mut stream = UnixStream::connect(socket).map_err(io_err)?;
     stream
+        .set_read_timeout(Some(QUICK_ANSWER))
+        .map_err(io_err)?;
+    stream
         .write_all(format!("extend {}\n", by.as_millis()).as_bytes())
         .map_err(io_err)?;
     let mut line = String::new();
@@ -389,10 +423,40 @@ pub fn extend_stop_timeout(socket: &Path, by: Duration) -> Result<(), DrainError
     }
 }
 
+/// How long a launcher may take to answer a request that does not wait for anything.
+pub const QUICK_ANSWER: Duration = Duration::from_secs(5);
+
+/// Put a drained instance back into its load balancers' pools (its LB endpoint answers 200
+/// again): for a stop that was drained first and then did not happen. Ok(false) when it was
+/// not drained (still draining, or serving).
+pub fn undrain(socket: &Path) -> Result<bool, DrainError> {
+    let io_err = |source: io::Error| DrainError::from_io(socket, source);
+    let mut stream = UnixStream::connect(socket).map_err(io_err)?;
+    stream
+        .set_read_timeout(Some(QUICK_ANSWER))
+        .map_err(io_err)?;
+    stream.write_all(b"undrain\n").map_err(io_err)?;
+    let mut line = String::new();
+    BufReader::new(stream)
+        .read_line(&mut line)
+        .map_err(io_err)?;
+    match line.trim() {
+        "undrained" => Ok(true),
+        "not drained" => Ok(false),
+        other => Err(DrainError::Protocol {
+            socket: socket.to_path_buf(),
+            answer: other.to_string(),
+        }),
+    }
+}
+
 /// Ask the launcher behind `socket` for its status.
 pub fn status(socket: &Path) -> Result<LauncherStatus, DrainError> {
     let io_err = |source: io::Error| DrainError::from_io(socket, source);
     let mut stream = UnixStream::connect(socket).map_err(io_err)?;
+    stream
+        .set_read_timeout(Some(QUICK_ANSWER))
+        .map_err(io_err)?;
     stream.write_all(b"status\n").map_err(io_err)?;
     let mut line = String::new();
     BufReader::new(stream)
@@ -439,6 +503,11 @@ mod tests {
         routed.traffic_ms_ago = Some(40);
         let how = back_in_pool(Some(&before), &[routed], 2, s).unwrap();
         assert!(how.contains("routes requests to it again"), "{how}");
+        // Passing its checks for 20 s and still no request: back by the count alone.
+        let mut silent = poller(1, 200, 10);
+        silent.streak_ms = Some(20_000);
+        let how = back_in_pool(Some(&before), &[silent], 2, s).unwrap();
+        assert!(how.contains("counts as back by lb_rise alone"), "{how}");
         // Two pollers at one address: its traffic cannot be told apart; the count decides.
         let mut curl = poller(1, 200, 50);
         curl.agent = "curl/8".into();

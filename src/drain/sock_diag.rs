@@ -21,6 +21,7 @@ const INET_DIAG_BC_JMP: u8 = 1;
 const INET_DIAG_BC_S_EQ: u8 = 11;
 const INET_DIAG_BC_D_EQ: u8 = 12;
 const TCP_ESTABLISHED: u32 = 1;
+const TCP_CLOSE_WAIT: u32 = 8;
 const TCP_LISTEN: u32 = 10;
 /// Size of `struct inet_diag_msg`.
 const DIAG_MSG_LEN: usize = 72;
@@ -117,14 +118,16 @@ impl SockDiag {
         Ok(all)
     }
 
-    /// Established TCP connections with `ports` at either end (IPv4 and IPv6), with counters.
+    /// Open TCP connections with `ports` at either end (IPv4 and IPv6), with counters:
+    /// established ones, and those the client half-closed after sending its request.
     pub fn connections(&mut self, ports: &[u16]) -> io::Result<Vec<TcpSocket>> {
         if ports.is_empty() {
             return Ok(Vec::new());
         }
         let filter = port_filter(ports);
-        let mut all = self.dump(libc::AF_INET as u8, 1 << TCP_ESTABLISHED, &filter, true)?;
-        all.extend(self.dump(libc::AF_INET6 as u8, 1 << TCP_ESTABLISHED, &filter, true)?);
+        let states = (1 << TCP_ESTABLISHED) | (1 << TCP_CLOSE_WAIT);
+        let mut all = self.dump(libc::AF_INET as u8, states, &filter, true)?;
+        all.extend(self.dump(libc::AF_INET6 as u8, states, &filter, true)?);
         Ok(all)
     }
 

@@ -8,20 +8,25 @@
 //! - data moved within the last [`MOVED_LATELY`] (an answer still streaming);
 //! - data came in and none ever went out (a new connection's first request);
 //! - the last data received is newer than the last data sent (kernel ticks: ties are common);
-//! - since the sample that saw the last data go out, data came in, or the gateway sent a pure
-//!   ACK. The ACK is the tie-breaker: a request answered quickly carries its ACK in the
-//!   answer, while the kernel acknowledges a request that is not answered within its delayed
-//!   ACK time (40 ms at least) on its own, after the sample that saw the previous answer.
+//! - since the sample that saw the last data go out, data came in; or, when that sample saw
+//!   data come in too (which came last is then unknown), the gateway sent a pure ACK since.
+//!   The ACK is the tie-breaker: a request answered quickly carries its ACK in the answer,
+//!   while the kernel acknowledges a request that is not answered within its delayed ACK time
+//!   (40 ms at least) on its own, after the sample that saw the previous answer. Pure ACKs
+//!   after an unambiguous answer (keepalive probes, duplicate ACKs) do not count.
 
 use super::sock_diag::{TcpCounters, TcpSocket};
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-/// How often the launcher samples the gateway's connections: shorter than the kernel's
-/// shortest delayed ACK (40 ms), so an ACK of a request is never in the same sample as the
-/// answer before it.
+/// How often the launcher samples the gateway's connections while any is busy or it drains:
+/// shorter than the kernel's shortest delayed ACK (40 ms), so an ACK of a request is never in
+/// the same sample as the answer before it.
 pub const SAMPLE_EVERY: Duration = Duration::from_millis(25);
+/// How often while every connection is idle: a request arriving then is told by its data
+/// coming in, which needs no such precision.
+pub const SAMPLE_IDLE: Duration = Duration::from_millis(200);
 /// Data that moved this recently means the connection is busy.
 pub const MOVED_LATELY: Duration = Duration::from_millis(100);
 
@@ -36,6 +41,8 @@ struct Track {
     /// Data segments in and pure ACKs out as of the first sample after the last data went out.
     in_since_answer: u32,
     acks_since_answer: u32,
+    /// The sample that saw the last answer go out saw data come in too.
+    answer_ambiguous: bool,
     last_moved: Instant,
     busy: bool,
 }
@@ -53,17 +60,19 @@ impl Traffic {
     /// Take in a sample: `sockets` with one of the gateway's `ports` at either end, and the
     /// launcher's own sockets (`own` inodes: its health checks are not traffic).
     pub fn update(&mut self, now: Instant, ports: &[u16], sockets: &[TcpSocket], own: &[u32]) {
+        // Compared as IPv4 where they are: a dual-stack listener sees 127.0.0.1 as ::ffff:127.0.0.1.
+        let end = |a: SocketAddr| SocketAddr::new(canonical(a.ip()), a.port());
         let own_ends: HashSet<SocketAddr> = sockets
             .iter()
             .filter(|s| own.contains(&s.inode))
-            .map(|s| s.local)
+            .map(|s| end(s.local))
             .collect();
         let mut seen = HashSet::new();
         for s in sockets {
             let (true, Some(c)) = (ports.contains(&s.local.port()), s.counters) else {
                 continue;
             };
-            if own_ends.contains(&s.peer) {
+            if own_ends.contains(&end(s.peer)) {
                 continue;
             }
             seen.insert(s.cookie);
@@ -78,6 +87,8 @@ impl Traffic {
                 last: c,
                 in_since_answer: c.data_segs_in,
                 acks_since_answer: c.pure_acks_out(),
+                // Seen for the first time with data in: which came last is unknown.
+                answer_ambiguous: c.data_segs_in > 0,
                 last_moved: now - MOVED_LATELY,
                 busy: false,
             });
@@ -88,6 +99,7 @@ impl Traffic {
             if went_out {
                 t.in_since_answer = c.data_segs_in;
                 t.acks_since_answer = c.pure_acks_out();
+                t.answer_ambiguous = came_in;
             }
             if !is_new {
                 if let Some(at) = t.unconfirmed_request.take() {
@@ -106,7 +118,7 @@ impl Traffic {
                 || now.duration_since(t.last_moved) < MOVED_LATELY
                 || c.last_data_recv_ms < c.last_data_sent_ms
                 || c.data_segs_in != t.in_since_answer
-                || c.pure_acks_out() != t.acks_since_answer;
+                || (t.answer_ambiguous && c.pure_acks_out() != t.acks_since_answer);
             t.last = c;
         }
         self.conns.retain(|cookie, _| seen.contains(cookie));
@@ -251,6 +263,63 @@ mod tests {
             &[],
         );
         assert_eq!(t.busy(), (0, 1));
+    }
+
+    #[test]
+    fn a_pure_ack_after_a_plain_answer_is_no_request() {
+        let mut t = Traffic::default();
+        let t0 = Instant::now();
+        t.update(
+            t0,
+            &[PORT],
+            &[sock(1, 5000, 0, counters(12, 10, 10, 0, 0))],
+            &[],
+        );
+        // The answer went out alone in its sample; nothing came in.
+        let t1 = t0 + Duration::from_millis(500);
+        t.update(
+            t1,
+            &[PORT],
+            &[sock(1, 5000, 0, counters(13, 10, 11, 0, 500))],
+            &[],
+        );
+        // A keepalive probe's ACK, long after.
+        let t2 = t1 + Duration::from_secs(5);
+        t.update(
+            t2,
+            &[PORT],
+            &[sock(1, 5000, 0, counters(14, 10, 11, 5000, 5500))],
+            &[],
+        );
+        assert_eq!(t.busy(), (0, 1));
+    }
+
+    #[test]
+    fn own_checks_to_a_dual_stack_listener_are_not_traffic() {
+        let mut t = Traffic::default();
+        let server_end = TcpSocket {
+            cookie: 1,
+            local: "[::ffff:127.0.0.1]:8080".parse().unwrap(),
+            peer: "[::ffff:127.0.0.1]:40000".parse().unwrap(),
+            recv_queue: 0,
+            send_queue: 0,
+            inode: 1,
+            counters: Some(counters(2, 1, 0, 5, 5)),
+        };
+        let our_end = TcpSocket {
+            cookie: 2,
+            local: SocketAddr::from(([127, 0, 0, 1], 40000)),
+            peer: SocketAddr::from(([127, 0, 0, 1], PORT)),
+            recv_queue: 0,
+            send_queue: 0,
+            inode: 77,
+            counters: None,
+        };
+        let t0 = Instant::now();
+        t.update(t0, &[PORT], &[server_end.clone(), our_end.clone()], &[77]);
+        t.update(t0 + SAMPLE_EVERY, &[PORT], &[server_end, our_end], &[77]);
+        assert_eq!(t.busy(), (0, 0));
+        assert!(t.last_request_from("127.0.0.1".parse().unwrap()).is_none());
     }
 
     #[test]

@@ -258,6 +258,16 @@ fn handle(stream: UnixStream, policy: DrainPolicy, environment: &[String], share
                 }
             }
         }
+        "undrain" => {
+            if shared.undrain() {
+                tracing::info!("drain undone: the stop that was to follow did not happen; LB health answers 200 again");
+                let _ =
+                    sd_notify::notify(&[sd_notify::NotifyState::Status("serving; drain undone")]);
+                let _ = out.write_all(b"undrained\n");
+            } else {
+                let _ = out.write_all(b"not drained\n");
+            }
+        }
         "status" => {
             let status = crate::drain::LauncherStatus {
                 state: shared.phase().word().to_string(),

@@ -509,82 +509,111 @@ fn run(config: LaunchConfig, handled: SigSet) -> i32 {
     supervise(&config, &shared, &rx, pid, &name)
 }
 
-/// Sample the gateway's traffic connections every [`traffic::SAMPLE_EVERY`] for as long as the
-/// launcher runs: the drain reads from them which requests are in flight and which load
-/// balancer still sends requests. `gateway` is the gateway's process group.
+/// Sample the gateway's traffic connections for as long as the launcher runs (every
+/// [`traffic::SAMPLE_EVERY`] while any is busy or a drain runs, every
+/// [`traffic::SAMPLE_IDLE`] otherwise): the drain reads from them which requests are in
+/// flight and which load balancer still sends requests. `gateway` is the gateway's process
+/// group.
 fn sample_traffic(shared: &Shared, gateway: i32) {
     use crate::drain::sock_diag::{socket_inodes, socket_inodes_of_group, SockDiag};
     use crate::drain::traffic;
-    let blind = |why: String| {
-        tracing::warn!("{why}; drains will not wait for requests in flight");
-        *shared
+    let set_blind = |why: Option<String>| {
+        let mut blind = shared
             .traffic_blind
             .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(why);
-    };
-    let mut diag = match SockDiag::open() {
-        Ok(d) => d,
-        Err(e) => {
-            return blind(format!("cannot open a sock_diag netlink socket to see the gateway's connections ({e}); the unit must allow AF_NETLINK in RestrictAddressFamilies="));
+            .unwrap_or_else(|e| e.into_inner());
+        match (&*blind, &why) {
+            (None, Some(w)) => {
+                tracing::warn!("{w}; drains cannot wait for requests in flight until this is fixed")
+            }
+            (Some(_), None) => tracing::info!("the gateway's connections can be seen again"),
+            _ => {}
         }
+        *blind = why;
     };
     let (mut ports, mut own) = (Vec::<u16>::new(), Vec::new());
     let mut foreign = std::collections::HashSet::new();
     let mut ports_read: Option<Instant> = None;
+    let mut diag: Option<SockDiag> = None;
+    let mut backoff = Duration::from_secs(1);
     loop {
-        let now = Instant::now();
         if shared.phase() == Phase::Stopping {
             return;
         }
-        // The gateway opens its listeners while it starts, and may open more when it deploys.
-        let every = if ports.is_empty() { 250 } else { 2000 };
-        if ports_read.is_none_or(|t| now - t >= Duration::from_millis(every)) {
-            let inodes = socket_inodes_of_group(gateway);
-            match diag.listening() {
-                Ok(listening) => {
-                    let mut found: Vec<u16> = listening
-                        .iter()
-                        .filter(|s| inodes.contains(&s.inode))
-                        .map(|s| s.local.port())
-                        .collect();
-                    found.sort_unstable();
-                    found.dedup();
-                    ports = found;
-                }
-                Err(e) => return blind(format!("cannot list listening sockets (sock_diag): {e}")),
+        let now = Instant::now();
+        let sampled = (|| -> Result<(), String> {
+            let d = match &mut diag {
+                Some(d) => d,
+                None => diag.insert(SockDiag::open().map_err(|e| format!("cannot open a sock_diag netlink socket to see the gateway's connections ({e}); the unit must allow AF_NETLINK in RestrictAddressFamilies="))?),
+            };
+            // The gateway opens its listeners while it starts, and may open more when it
+            // deploys.
+            let every = if ports.is_empty() { 250 } else { 2000 };
+            if ports_read.is_none_or(|t| now - t >= Duration::from_millis(every)) {
+                let inodes = socket_inodes_of_group(gateway);
+                let listening = d
+                    .listening()
+                    .map_err(|e| format!("cannot list listening sockets (sock_diag): {e}"))?;
+                let mut found: Vec<u16> = listening
+                    .iter()
+                    .filter(|s| inodes.contains(&s.inode))
+                    .map(|s| s.local.port())
+                    .collect();
+                found.sort_unstable();
+                found.dedup();
+                ports = found;
+                ports_read = Some(now);
             }
-            ports_read = Some(now);
-        }
-        match diag.connections(&ports) {
-            Ok(sockets) => {
-                // Our own health checks reach the gateway too; they are not traffic. Client
-                // ends on this host not seen before are looked up among our open files.
-                let unknown = sockets.iter().any(|s| {
-                    !ports.contains(&s.local.port())
-                        && !own.contains(&s.inode)
-                        && !foreign.contains(&s.inode)
-                });
-                if unknown {
-                    own = socket_inodes("/proc/self/fd");
-                    foreign = sockets
-                        .iter()
-                        .filter(|s| !ports.contains(&s.local.port()) && !own.contains(&s.inode))
-                        .map(|s| s.inode)
-                        .collect();
-                }
-                shared
+            let sockets = d
+                .connections(&ports)
+                .map_err(|e| format!("cannot list the gateway's connections (sock_diag): {e}"))?;
+            // Our own health checks reach the gateway too; they are not traffic. Client ends
+            // on this host not seen before are looked up among our open files.
+            let unknown = sockets.iter().any(|s| {
+                !ports.contains(&s.local.port())
+                    && !own.contains(&s.inode)
+                    && !foreign.contains(&s.inode)
+            });
+            if unknown {
+                own = socket_inodes("/proc/self/fd");
+                foreign = sockets
+                    .iter()
+                    .filter(|s| !ports.contains(&s.local.port()) && !own.contains(&s.inode))
+                    .map(|s| s.inode)
+                    .collect();
+            }
+            shared
+                .traffic
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .update(now, &ports, &sockets, &own);
+            Ok(())
+        })();
+        let pause = match sampled {
+            Ok(()) => {
+                set_blind(None);
+                backoff = Duration::from_secs(1);
+                let busy = shared
                     .traffic
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .update(now, &ports, &sockets, &own)
+                    .busy()
+                    .0;
+                match (busy, shared.phase()) {
+                    (0, Phase::Serving | Phase::Unhealthy | Phase::Starting) => {
+                        traffic::SAMPLE_IDLE
+                    }
+                    _ => traffic::SAMPLE_EVERY,
+                }
             }
-            Err(e) => {
-                return blind(format!(
-                    "cannot list the gateway's connections (sock_diag): {e}"
-                ))
+            Err(why) => {
+                set_blind(Some(why));
+                diag = None;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                backoff
             }
-        }
-        std::thread::sleep(traffic::SAMPLE_EVERY);
+        };
+        std::thread::sleep(pause);
     }
 }
 

@@ -223,6 +223,19 @@ impl Shared {
         self.changed.notify_all();
     }
 
+    /// Serve again after a finished drain whose stop did not follow: true when it was
+    /// drained.
+    pub fn undrain(&self) -> bool {
+        let mut p = self.phase.lock().unwrap_or_else(|e| e.into_inner());
+        if *p != Phase::Drained {
+            return false;
+        }
+        *p = Phase::Serving;
+        *self.report.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.changed.notify_all();
+        true
+    }
+
     /// Block until the drain is over: its report, or None when the instance began stopping
     /// first.
     pub fn wait_drained(&self) -> Option<crate::drain::DrainReport> {
@@ -307,6 +320,13 @@ mod tests {
         // A drain asked for after it is over joins it at once.
         assert_eq!(s.drain_until(Duration::from_secs(5)).unwrap().1, None);
         assert_eq!(s.wait_drained(), Some(report));
+        // A stop that did not follow: it serves again, and a new drain starts afresh.
+        assert!(s.undrain() && s.phase().takes_traffic());
+        assert!(!s.undrain());
+        assert_eq!(
+            s.drain_until(Duration::from_secs(5)).unwrap().1,
+            Some(Phase::Serving)
+        );
         s.update(|_| Phase::Stopping);
         assert!(s.drain_until(Duration::from_secs(1)).is_none());
         assert!(
