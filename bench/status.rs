@@ -55,10 +55,11 @@ fn main() {
         fixtures::write_fixture(root, INSTANCES);
         // Running instances, as on a production host: the demo gateway, no LB endpoint (the
         // fixture gives every instance the same management port), no drain.
-        fs::create_dir_all(root.join("etc/gateway-systemd/gateway.toml.d")).map_err(|e| e.to_string())?;
+        fs::create_dir_all(root.join("etc/gateway-systemd/gateway.toml.d"))
+            .map_err(|e| e.to_string())?;
         fs::write(
             root.join("etc/gateway-systemd/gateway.toml.d/90-bench.toml"),
-            "[defaults]\nstart_command = [\"/usr/libexec/gateway-systemd/gateway-demo\", \"--threads\", \"1\"]\n\
+            "[defaults]\nstart_command = [\"/usr/libexec/gateway-systemd/gateway-demo\"]\n\
              lb_health_listen = \"\"\ndrain_delay = 0\n",
         )
         .map_err(|e| e.to_string())?;

@@ -45,9 +45,6 @@ pub struct Options {
     /// them (as a gateway without a graceful stop would).
     #[arg(long, value_parser = parse_span, default_value = "30s")]
     pub stop_grace: Duration,
-    /// Worker threads: requests served at once (a slow request holds one).
-    #[arg(long, default_value_t = 64)]
-    pub threads: usize,
     /// A configuration property, as the vendor's gateway takes it (reported by /demo/status).
     #[arg(short = 'D', value_name = "PROP[=VALUE]")]
     pub properties: Vec<String>,
@@ -135,7 +132,6 @@ pub fn main(opts: Options) -> i32 {
         println!("gateway-demo: passphrase received ({passphrase_bytes} bytes)");
     }
     let listen = opts.listen.unwrap_or_else(default_listen);
-    // Our own listener, so that a SIGTERM can stop the accepting (tiny_http cannot).
     let listener = match std::net::TcpListener::bind(listen) {
         Ok(l) => l,
         Err(e) => {
@@ -147,13 +143,6 @@ pub fn main(opts: Options) -> i32 {
         Ok(l) => l,
         Err(e) => {
             eprintln!("gateway-demo: {e}");
-            return 1;
-        }
-    };
-    let server = match tiny_http::Server::from_listener(listener, None) {
-        Ok(s) => Arc::new(s),
-        Err(e) => {
-            eprintln!("gateway-demo: cannot serve on {listen}: {e}");
             return 1;
         }
     };
@@ -220,45 +209,170 @@ pub fn main(opts: Options) -> i32 {
         }
     });
 
-    let workers: Vec<_> = (0..opts.threads.max(1))
-        .map(|_| {
-            let (server, state) = (server.clone(), state.clone());
-            std::thread::spawn(move || loop {
-                match server.recv() {
-                    Ok(request) => {
-                        state.in_flight.fetch_add(1, Ordering::SeqCst);
-                        serve(request, &state);
-                        state.in_flight.fetch_sub(1, Ordering::SeqCst);
-                    }
-                    // The listener stopped: the connections still open keep being served.
-                    Err(_) if state.stopping.load(Ordering::SeqCst) => {}
-                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
-                }
-            })
-        })
-        .collect();
-    for w in workers {
-        let _ = w.join();
+    // A thread per connection: a slow request holds its own connection and nothing else.
+    for stream in listener.incoming() {
+        match stream {
+            Ok(stream) => {
+                let state = state.clone();
+                let _ = std::thread::Builder::new()
+                    .stack_size(256 * 1024)
+                    .spawn(move || connection(stream, &state));
+            }
+            // The listener was shut down by SIGTERM: the open connections finish meanwhile.
+            Err(_) if state.stopping.load(Ordering::SeqCst) => loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            },
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
     }
     0
 }
 
-fn serve(mut request: tiny_http::Request, state: &State) {
+/// One parsed request.
+struct Request {
+    method: String,
+    url: String,
+    body: Vec<u8>,
+    close: bool,
+}
+
+/// Serve the requests of one connection, in order, until it closes (or asks to).
+fn connection(mut stream: std::net::TcpStream, state: &State) {
+    use std::io::Write;
+    let _ = stream.set_nodelay(true);
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    loop {
+        let Some(request) = read_request(&mut stream, &mut buf, state) else {
+            return;
+        };
+        let (code, body) = serve(&request, state);
+        let close = request.close || state.stopping.load(Ordering::SeqCst);
+        let response = format!(
+            "HTTP/1.1 {code} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n{}\r\n",
+            reason(code),
+            body.len(),
+            if close { "Connection: close\r\n" } else { "" }
+        );
+        let written = stream
+            .write_all(response.as_bytes())
+            .and_then(|_| stream.write_all(body.as_bytes()));
+        state.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if written.is_err() || close {
+            return;
+        }
+    }
+}
+
+/// Read the next request (headers and a Content-Length body) from `stream`, keeping what
+/// follows it in `buf`. None when the connection closed or sent something unusable. A request
+/// counts as in flight from its first byte.
+fn read_request(
+    stream: &mut std::net::TcpStream,
+    buf: &mut Vec<u8>,
+    state: &State,
+) -> Option<Request> {
+    let mut counted = false;
+    let count = |counted: &mut bool| {
+        if !*counted {
+            state.in_flight.fetch_add(1, Ordering::SeqCst);
+            *counted = true;
+        }
+    };
+    let uncount = |counted: bool| {
+        if counted {
+            state.in_flight.fetch_sub(1, Ordering::SeqCst);
+        }
+    };
+    let mut chunk = [0u8; 8192];
+    let (header_len, method, url, length, close) = loop {
+        if !buf.is_empty() {
+            count(&mut counted);
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut req = httparse::Request::new(&mut headers);
+            match req.parse(buf) {
+                Ok(httparse::Status::Complete(n)) => {
+                    let header = |name: &str| {
+                        req.headers
+                            .iter()
+                            .find(|h| h.name.eq_ignore_ascii_case(name))
+                            .map(|h| String::from_utf8_lossy(h.value).to_ascii_lowercase())
+                    };
+                    let length = header("content-length")
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    let close = header("connection").is_some_and(|v| v.contains("close"))
+                        || req.version == Some(0);
+                    break (
+                        n,
+                        req.method.unwrap_or("GET").to_string(),
+                        req.path.unwrap_or("/").to_string(),
+                        length.min(1 << 20),
+                        close,
+                    );
+                }
+                Ok(httparse::Status::Partial) if buf.len() < 64 * 1024 => {}
+                _ => {
+                    uncount(counted);
+                    return None;
+                }
+            }
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => {
+                uncount(counted);
+                return None;
+            }
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    while buf.len() < header_len + length {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => {
+                uncount(counted);
+                return None;
+            }
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let body = buf[header_len..header_len + length].to_vec();
+    buf.drain(..header_len + length);
+    Some(Request {
+        method,
+        url,
+        body,
+        close,
+    })
+}
+
+fn reason(code: u16) -> &'static str {
+    match code {
+        200 => "OK",
+        404 => "Not Found",
+        503 => "Service Unavailable",
+        _ => "",
+    }
+}
+
+/// Answer one request: its status and body.
+fn serve(request: &Request, state: &State) -> (u16, String) {
     if state.hung.load(Ordering::SeqCst) {
         // Hung: hold the connection and never answer, like a deadlocked gateway.
         loop {
             std::thread::sleep(Duration::from_secs(3600));
         }
     }
-    let url = request.url().to_string();
-    let path = url.split('?').next().unwrap_or("").to_string();
-    let method = request.method().clone();
-    let (code, body) = match (&method, path.as_str()) {
-        (tiny_http::Method::Get, "/healthcheck") => {
+    let url = request.url.as_str();
+    let path = url.split('?').next().unwrap_or("");
+    match (request.method.as_str(), path) {
+        ("GET", "/healthcheck") => {
             if state.started.elapsed() >= state.start_delay {
                 if state.first_healthy_us.load(Ordering::SeqCst) == 0 {
                     let us = now_us();
-                    if state.first_healthy_us.compare_exchange(0, us, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+                    if state
+                        .first_healthy_us
+                        .compare_exchange(0, us, Ordering::SeqCst, Ordering::SeqCst)
+                        .is_ok()
+                    {
                         println!("gateway-demo: first healthy answer at {us} us");
                     }
                 }
@@ -267,15 +381,17 @@ fn serve(mut request: tiny_http::Request, state: &State) {
                 (503, "starting\n".to_string())
             }
         }
-        (_, "/echo") => {
-            if let Some(ms) = query_param(&url, "delay_ms").and_then(|v| v.parse::<u64>().ok()) {
+        (method, "/echo") => {
+            if let Some(ms) = query_param(url, "delay_ms").and_then(|v| v.parse::<u64>().ok()) {
                 std::thread::sleep(Duration::from_millis(ms.min(60_000)));
             }
-            let mut body = String::new();
-            let _ = request.as_reader().take(1 << 20).read_to_string(&mut body);
-            (200, if method == tiny_http::Method::Post { body } else { url.split_once('?').map_or("", |q| q.1).to_string() + "\n" })
+            let body = match method {
+                "POST" => String::from_utf8_lossy(&request.body).to_string(),
+                _ => url.split_once('?').map_or("", |q| q.1).to_string() + "\n",
+            };
+            (200, body)
         }
-        (tiny_http::Method::Get, "/demo/status") => (
+        ("GET", "/demo/status") => (
             200,
             serde_json::json!({
                 "state": if state.started.elapsed() >= state.start_delay { "started" } else { "starting" },
@@ -288,29 +404,22 @@ fn serve(mut request: tiny_http::Request, state: &State) {
             .to_string()
                 + "\n",
         ),
-        (tiny_http::Method::Post, "/demo/hang") => {
+        ("POST", "/demo/hang") => {
             println!("gateway-demo: told to hang; no more answers");
             state.hung.store(true, Ordering::SeqCst);
             (200, "hanging\n".to_string())
         }
-        (tiny_http::Method::Post, "/demo/crash") => {
+        ("POST", "/demo/crash") => {
             println!("gateway-demo: told to crash");
-            let _ = request.respond(tiny_http::Response::from_string("crashing\n"));
             std::process::abort();
         }
-        (tiny_http::Method::Post, "/demo/ignore-sigterm") => {
-            let secs = query_param(&url, "secs").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        ("POST", "/demo/ignore-sigterm") => {
+            let secs = query_param(url, "secs")
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
             state.ignore_sigterm_ms.store(secs * 1000, Ordering::SeqCst);
             (200, format!("ignoring SIGTERM for {secs}s\n"))
         }
         _ => (404, "not found\n".to_string()),
-    };
-    let mut response = tiny_http::Response::from_string(body).with_status_code(code);
-    if state.stopping.load(Ordering::SeqCst) {
-        response.add_header(
-            tiny_http::Header::from_bytes(&b"Connection"[..], &b"close"[..])
-                .expect("static header"),
-        );
     }
-    let _ = request.respond(response);
 }
