@@ -157,19 +157,26 @@ pub const GROUP1_LBS: [(&str, u16); 3] = [(SERVER1, 18085), (SERVER2, 18086), (S
 pub fn sample_group1_while(
     c: &Container,
     args: &[&str],
-) -> Result<(std::process::ExitStatus, String, Vec<[bool; 3]>), Failed> {
+) -> Result<(std::process::ExitStatus, String, Vec<[u16; 3]>), Failed> {
     for (unit, _) in GROUP1_LBS {
         c.ok(&["systemctl", "start", unit])?;
     }
+    let sample = || {
+        let mut codes = [0; 3];
+        for (k, (_, port)) in GROUP1_LBS.iter().enumerate() {
+            codes[k] = http(c, "GET", &format!("http://127.0.0.1:{port}/healthchecklb")).0;
+        }
+        codes
+    };
+    // The sampler is these instances' load balancer: it polls them before the restart
+    // begins, so that each instance is waited for until the sampler saw it pass again (the
+    // three endpoints are asked one after the other: without that wait, an instance that
+    // just came back and the next one just drained can fall into one sample).
+    let mut samples: Vec<[u16; 3]> = (0..3).map(|_| sample()).collect();
     let mut run = c.spawn(args);
-    let mut samples: Vec<[bool; 3]> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(120);
     while run.try_wait()?.is_none() && Instant::now() < deadline {
-        let mut up = [false; 3];
-        for (k, (_, port)) in GROUP1_LBS.iter().enumerate() {
-            up[k] = http(c, "GET", &format!("http://127.0.0.1:{port}/healthchecklb")).0 == 200;
-        }
-        samples.push(up);
+        samples.push(sample());
         std::thread::sleep(Duration::from_millis(50));
     }
     let (status, out) = finish(run)?;
@@ -179,23 +186,31 @@ pub fn sample_group1_while(
     Ok((status, out, samples))
 }
 
-/// Never two of group1 out of the pool in one sample, and each out exactly once.
-pub fn one_out_at_a_time(samples: &[[bool; 3]]) -> Result<(), Failed> {
+/// Never two of group1 out of the pool in one sample (each sample: the LB endpoints' answers,
+/// 0 for none), and each out exactly once.
+pub fn one_out_at_a_time(samples: &[[u16; 3]], out: &str) -> Result<(), Failed> {
     let lbs = GROUP1_LBS;
-    if let Some(s) = samples
+    let up = |s: &[u16; 3]| s.map(|code| code == 200);
+    if let Some(k) = samples
         .iter()
-        .find(|s| s.iter().filter(|up| !**up).count() > 1)
+        .position(|s| up(s).iter().filter(|up| !**up).count() > 1)
     {
+        let around = &samples[k.saturating_sub(3)..(k + 3).min(samples.len())];
         return Err(fail(format!(
-            "two instances out of the pool at once: {s:?}"
+            "two instances out of the pool at once: sample {k} of {} is {:?}; around it {around:?}\n{out}",
+            samples.len(),
+            samples[k]
         )));
     }
     for (k, (unit, _)) in lbs.iter().enumerate() {
-        let outs = samples.windows(2).filter(|w| w[0][k] && !w[1][k]).count()
-            + usize::from(!samples[0][k]);
+        let outs = samples
+            .windows(2)
+            .filter(|w| up(&w[0])[k] && !up(&w[1])[k])
+            .count()
+            + usize::from(!up(&samples[0])[k]);
         if outs != 1 {
             return Err(fail(format!(
-                "{unit} left the pool {outs} times during the rolling restart ({} samples)",
+                "{unit} left the pool {outs} times during the rolling restart ({} samples)\n{out}",
                 samples.len()
             )));
         }
@@ -209,7 +224,7 @@ pub fn rolling_restart_takes_one_out_at_a_time(c: &Container) -> Result<(), Fail
     if !status.success() || !out.contains("[3/3] group1/server3: serving again") {
         return Err(fail(format!("rolling-restart: {status}\n{out}")));
     }
-    one_out_at_a_time(&samples)
+    one_out_at_a_time(&samples, &out)
 }
 
 /// `systemctl restart gateway.target` restarts group1's instances one at a time, each
@@ -239,7 +254,7 @@ pub fn restarting_gateway_target_rolls_each_group(c: &Container) -> Result<(), F
             "not every instance of group1 was restarted: main PIDs {before:?} before, {after:?} after"
         )));
     }
-    one_out_at_a_time(&samples)
+    one_out_at_a_time(&samples, &out)
 }
 
 /// Wait for a spawned command; its exit status and its stdout followed by its stderr.
