@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 pub const SAMPLE_EVERY: Duration = Duration::from_millis(25);
 /// How often while every connection is idle: a request arriving then is told by its data
 /// coming in, which needs no such precision.
-pub const SAMPLE_IDLE: Duration = Duration::from_millis(200);
+pub const SAMPLE_IDLE: Duration = Duration::from_secs(1);
 /// Data that moved this recently means the connection is busy.
 pub const MOVED_LATELY: Duration = Duration::from_millis(100);
 

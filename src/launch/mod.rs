@@ -534,6 +534,7 @@ fn sample_traffic(shared: &Shared, gateway: i32) {
     let (mut ports, mut own) = (Vec::<u16>::new(), Vec::new());
     let mut foreign = std::collections::HashSet::new();
     let mut ports_read: Option<Instant> = None;
+    let mut ipv6 = false;
     let mut diag: Option<SockDiag> = None;
     let mut backoff = Duration::from_secs(1);
     loop {
@@ -554,18 +555,19 @@ fn sample_traffic(shared: &Shared, gateway: i32) {
                 let listening = d
                     .listening()
                     .map_err(|e| format!("cannot list listening sockets (sock_diag): {e}"))?;
-                let mut found: Vec<u16> = listening
+                let gateways: Vec<_> = listening
                     .iter()
                     .filter(|s| inodes.contains(&s.inode))
-                    .map(|s| s.local.port())
                     .collect();
+                ipv6 = gateways.iter().any(|s| s.local.is_ipv6());
+                let mut found: Vec<u16> = gateways.iter().map(|s| s.local.port()).collect();
                 found.sort_unstable();
                 found.dedup();
                 ports = found;
                 ports_read = Some(now);
             }
             let sockets = d
-                .connections(&ports)
+                .connections(&ports, ipv6)
                 .map_err(|e| format!("cannot list the gateway's connections (sock_diag): {e}"))?;
             // Our own health checks reach the gateway too; they are not traffic. Client ends
             // on this host not seen before are looked up among our open files.
