@@ -402,24 +402,9 @@ pub fn settings_changed(started: &[String], now: &[String]) -> Vec<String> {
 
 /// Ask the launcher behind `socket` to extend systemd's stop timeout by `by` (EXTEND_TIMEOUT_USEC).
 pub fn extend_stop_timeout(socket: &Path, by: Duration) -> Result<(), DrainError> {
-    let io_err = |source: io::Error| DrainError::from_io(socket, source);
-    let mut stream = UnixStream::connect(socket).map_err(io_err)?;
-    stream
-        .set_read_timeout(Some(QUICK_ANSWER))
-        .map_err(io_err)?;
-    stream
-        .write_all(format!("extend {}\n", by.as_millis()).as_bytes())
-        .map_err(io_err)?;
-    let mut line = String::new();
-    BufReader::new(stream)
-        .read_line(&mut line)
-        .map_err(io_err)?;
-    match line.trim() {
+    match ask(socket, &format!("extend {}", by.as_millis()))?.as_str() {
         "extended" => Ok(()),
-        other => Err(DrainError::Protocol {
-            socket: socket.to_path_buf(),
-            answer: other.to_string(),
-        }),
+        other => Err(unexpected(socket, other.to_string())),
     }
 }
 
@@ -430,42 +415,43 @@ pub const QUICK_ANSWER: Duration = Duration::from_secs(5);
 /// again): for a stop that was drained first and then did not happen. Ok(false) when it was
 /// not drained (still draining, or serving).
 pub fn undrain(socket: &Path) -> Result<bool, DrainError> {
-    let io_err = |source: io::Error| DrainError::from_io(socket, source);
-    let mut stream = UnixStream::connect(socket).map_err(io_err)?;
-    stream
-        .set_read_timeout(Some(QUICK_ANSWER))
-        .map_err(io_err)?;
-    stream.write_all(b"undrain\n").map_err(io_err)?;
-    let mut line = String::new();
-    BufReader::new(stream)
-        .read_line(&mut line)
-        .map_err(io_err)?;
-    match line.trim() {
+    match ask(socket, "undrain")?.as_str() {
         "undrained" => Ok(true),
         "not drained" => Ok(false),
-        other => Err(DrainError::Protocol {
-            socket: socket.to_path_buf(),
-            answer: other.to_string(),
-        }),
+        other => Err(unexpected(socket, other.to_string())),
     }
 }
 
 /// Ask the launcher behind `socket` for its status.
 pub fn status(socket: &Path) -> Result<LauncherStatus, DrainError> {
+    let line = ask(socket, "status")?;
+    serde_json::from_str(&line).map_err(|_| unexpected(socket, line))
+}
+
+/// Send one request line to the launcher behind `socket` and read its one-line answer
+/// (trimmed), waiting at most [`QUICK_ANSWER`].
+fn ask(socket: &Path, request: &str) -> Result<String, DrainError> {
     let io_err = |source: io::Error| DrainError::from_io(socket, source);
     let mut stream = UnixStream::connect(socket).map_err(io_err)?;
     stream
         .set_read_timeout(Some(QUICK_ANSWER))
         .map_err(io_err)?;
-    stream.write_all(b"status\n").map_err(io_err)?;
+    stream
+        .write_all(format!("{request}\n").as_bytes())
+        .map_err(io_err)?;
     let mut line = String::new();
     BufReader::new(stream)
         .read_line(&mut line)
         .map_err(io_err)?;
-    serde_json::from_str(&line).map_err(|_| DrainError::Protocol {
+    Ok(line.trim().to_string())
+}
+
+/// The launcher answered something else than `request` expects.
+fn unexpected(socket: &Path, answer: String) -> DrainError {
+    DrainError::Protocol {
         socket: socket.to_path_buf(),
-        answer: line.trim().to_string(),
-    })
+        answer,
+    }
 }
 
 #[cfg(test)]

@@ -3,6 +3,8 @@
 //! health endpoints.
 
 use crate::harness::Container;
+// HAProxy's own view of group1: whether each server is in its pool.
+use crate::load::pool as haproxy_pool;
 use crate::launcher::{http, SERVER1, SERVER2};
 use libtest_mimic::Failed;
 use std::fs;
@@ -549,32 +551,6 @@ listen stats
   stats uri /stats
 ";
 
-/// HAProxy's own view: for server1..3, whether each is in its pool (status UP, including
-/// "UP 1/2" while it counts failures; not DOWN, "DOWN 1/5", MAINT or NOLB).
-fn haproxy_pool(c: &Container) -> Option<[bool; 3]> {
-    let out = c.exec(&[
-        "curl",
-        "-s",
-        "--max-time",
-        "2",
-        "http://127.0.0.1:9000/stats;csv",
-    ]);
-    let csv = String::from_utf8_lossy(&out.stdout);
-    let mut pool = [None; 3];
-    for line in csv.lines() {
-        let f: Vec<&str> = line.split(',').collect();
-        if f.len() > 17 && f[0] == "group1" {
-            if let Some(k) = ["server1", "server2", "server3"]
-                .iter()
-                .position(|s| *s == f[1])
-            {
-                pool[k] = Some(f[17].starts_with("UP"));
-            }
-        }
-    }
-    Some([pool[0]?, pool[1]?, pool[2]?])
-}
-
 /// Run a rolling restart of group1 while sampling HAProxy's pool; returns (exit status,
 /// output, samples).
 fn rolling_restart_under_haproxy(c: &Container) -> Result<(bool, String, Vec<[bool; 3]>), Failed> {
@@ -886,10 +862,26 @@ pub fn rolling_restart_watches_the_balancers_traffic(c: &Container) -> Result<()
                     "-c",
                     "while :; do curl -s -o /dev/null --max-time 2 http://127.0.0.1:8000/echo; done",
                 ])?;
-                // Every launcher has seen HAProxy's traffic before the first drain.
-                std::thread::sleep(Duration::from_secs(1));
-                let seen = status_json(c, "group1/server1")?;
-                if seen["load_balancers"][0]["traffic_ms_ago"].as_u64().is_none_or(|ms| ms > 1000) {
+                // Every launcher has seen HAProxy's traffic before the first drain (a new
+                // connection's request counts once a second sample, up to 1 s later while
+                // the connections are idle, sees it still open).
+                let deadline = Instant::now() + Duration::from_secs(10);
+                let seen = loop {
+                    let seen = status_json(c, "group1/server1")?;
+                    let haproxy = seen["load_balancers"]
+                        .as_array()
+                        .and_then(|l| l.iter().find(|p| p["agent"] == ""))
+                        .cloned()
+                        .unwrap_or_default();
+                    if haproxy["traffic_ms_ago"].as_u64().is_some_and(|ms| ms <= 3000)
+                        || Instant::now() > deadline
+                    {
+                        break (seen, haproxy);
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                };
+                let (seen, haproxy) = seen;
+                if haproxy["traffic_ms_ago"].as_u64().is_none_or(|ms| ms > 3000) {
                     let ss = c.exec(&["ss", "-tnie", "sport = :8080"]);
                     let gen = c.exec(&["systemctl", "status", "gateway-test-traffic"]);
                     return Err(fail(format!(
