@@ -4,8 +4,8 @@
 
 use crate::harness::Container;
 // HAProxy's own view of group1: whether each server is in its pool.
-use crate::load::pool as haproxy_pool;
 use crate::launcher::{http, SERVER1, SERVER2};
+use crate::load::pool as haproxy_pool;
 use libtest_mimic::Failed;
 use std::fs;
 use std::time::{Duration, Instant};
