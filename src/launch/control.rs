@@ -108,6 +108,10 @@ fn end_when_balancers_took_it_out(shared: &Shared, fall: u32) -> Option<String> 
 /// Returns what ended the wait, or None when the instance began stopping.
 fn wait_for_requests_in_flight(shared: &Shared, timeout: Duration) -> Option<String> {
     let since = Instant::now();
+    // drain_timeout = 0 (the Node Manager's default, which has no traffic sampler): no wait.
+    if timeout.is_zero() {
+        return Some("requests in flight were not waited for (drain_timeout is 0)".to_string());
+    }
     if let Some(why) = shared
         .traffic_blind
         .lock()
@@ -125,10 +129,10 @@ fn wait_for_requests_in_flight(shared: &Shared, timeout: Duration) -> Option<Str
             let t = shared.traffic.lock().unwrap_or_else(|e| e.into_inner());
             (t.sampled(), t.busy(), t.ports().is_empty())
         };
-        if sampled.is_some_and(|at| at > since) && no_ports {
-            return Some("requests in flight were not waited for: no listening socket of the gateway was found (the launcher reads them from /proc/PID/fd of the gateway's processes, which run as its user)".to_string());
-        }
         if sampled.is_some_and(|at| at > since) {
+            if no_ports {
+                return Some("requests in flight were not waited for: no listening socket of the gateway was found (the launcher reads them from /proc/PID/fd of the gateway's processes, which run as its user)".to_string());
+            }
             let first = *busy_at_first.get_or_insert(busy);
             if busy == 0 {
                 return Some(match first {

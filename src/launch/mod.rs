@@ -542,7 +542,7 @@ fn sample_traffic(shared: &Shared, gateway: i32) {
             return;
         }
         let now = Instant::now();
-        let sampled = (|| -> Result<(), String> {
+        let sampled = (|| -> Result<usize, String> {
             let d = match &mut diag {
                 Some(d) => d,
                 None => diag.insert(SockDiag::open().map_err(|e| format!("cannot open a sock_diag netlink socket to see the gateway's connections ({e}); the unit must allow AF_NETLINK in RestrictAddressFamilies="))?),
@@ -584,23 +584,14 @@ fn sample_traffic(shared: &Shared, gateway: i32) {
                     .map(|s| s.inode)
                     .collect();
             }
-            shared
-                .traffic
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .update(now, &ports, &sockets, &own);
-            Ok(())
+            let mut traffic = shared.traffic.lock().unwrap_or_else(|e| e.into_inner());
+            traffic.update(now, &ports, &sockets, &own);
+            Ok(traffic.busy().0)
         })();
         let pause = match sampled {
-            Ok(()) => {
+            Ok(busy) => {
                 set_blind(None);
                 backoff = Duration::from_secs(1);
-                let busy = shared
-                    .traffic
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .busy()
-                    .0;
                 match (busy, shared.phase()) {
                     (0, Phase::Serving | Phase::Unhealthy | Phase::Starting) => {
                         traffic::SAMPLE_IDLE
