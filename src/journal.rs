@@ -19,6 +19,68 @@ pub const MSG_STOPPED: &str = "5f0c6a1e2b7d4c0f9a8e3d2c1b0a9f06";
 /// Not started: another copy of the instance already holds its health check address.
 pub const MSG_ALREADY_RUNNING: &str = "5f0c6a1e2b7d4c0f9a8e3d2c1b0a9f07";
 
+/// A disaster-recovery drill ended: its recovery time and point, pass or fail.
+pub const MSG_DRILL_DONE: &str = "5f0c6a1e2b7d4c0f9a8e3d2c1b0a9f08";
+
+/// Record a drill's outcome in the journal (when there is one), so that `journalctl -x
+/// MESSAGE_ID=...` shows recovery times and points over weeks of scheduled drills.
+pub fn drill_done(r: &crate::backup::drill::DrillReport) {
+    let Ok(layer) = tracing_journald::layer() else {
+        return;
+    };
+    let layer = layer
+        .with_field_prefix(None)
+        .with_syslog_identifier("gatewayctl".to_string());
+    let subscriber = tracing_subscriber::registry().with(layer);
+    let rpo = r.rpo.as_ref();
+    let failed: Vec<String> = r
+        .instances
+        .iter()
+        .filter(|i| !i.passed)
+        .map(|i| format!("{}: {}", i.name, i.reason.as_deref().unwrap_or("")))
+        .chain(r.failure.clone())
+        .collect();
+    tracing::subscriber::with_default(subscriber, || {
+        let text = match (r.passed, r.rto_seconds) {
+            (true, Some(rto)) => format!(
+                "drill of {} passed: {} instances serving after {rto:.1}s",
+                r.archive.display(),
+                r.instances.len()
+            ),
+            _ => format!(
+                "drill of {} FAILED: {}",
+                r.archive.display(),
+                failed.join("; ")
+            ),
+        };
+        macro_rules! entry {
+            ($level:ident) => {
+                tracing::$level!(
+                    message_id = MSG_DRILL_DONE,
+                    drill_archive = %r.archive.display(),
+                    drill_host = %r.host,
+                    drill_result = if r.passed { "passed" } else { "failed" },
+                    drill_rto_seconds = r.rto_seconds.unwrap_or(-1.0),
+                    drill_archive_age_seconds = rpo.map_or(-1, |p| p.archive_age_seconds),
+                    drill_newest_file_age_seconds = rpo
+                        .and_then(|p| p.newest_file.as_ref())
+                        .map_or(-1, |f| f.age_seconds),
+                    drill_largest_gap_seconds = rpo
+                        .and_then(|p| p.largest_gap.as_ref())
+                        .map_or(-1, |g| g.seconds),
+                    drill_instances = r.instances.len(),
+                    drill_failed = %failed.join("; "),
+                    "{text}"
+                )
+            };
+        }
+        match r.passed {
+            true => entry!(info),
+            false => entry!(error),
+        }
+    });
+}
+
 /// Install the global subscriber: journald with `fields` on every entry (names as journald
 /// wants them, e.g. `GATEWAY_INSTANCE`), or plain stderr lines when there is no journal.
 pub fn init(identifier: &str, fields: &[(&str, String)]) {

@@ -2,9 +2,11 @@
 //! with zstd, paths relative to `/` (so that `tar --zstd -C / -xpf` restores it in an emergency),
 //! a `MANIFEST` member first, and the archive's sha256 beside it.
 
+pub mod drill;
 pub mod manifest;
 pub mod restore;
 mod scope;
+pub mod scratch;
 pub mod verify;
 mod write;
 

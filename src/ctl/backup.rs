@@ -319,3 +319,187 @@ pub fn restore_command(args: RestoreArgs) -> i32 {
         }
     }
 }
+
+/// What `gatewayctl drill` was asked.
+pub struct DrillArgs {
+    /// The archive (None: the newest in the backup directory).
+    pub archive: Option<PathBuf>,
+    /// Where the archives are (None: `[backup] dir`).
+    pub dir: Option<PathBuf>,
+    /// Whose archives.
+    pub host: Option<String>,
+    /// The root filesystem to boot under the restored files.
+    pub image: PathBuf,
+    /// The longest boot, start and health checks may take.
+    pub timeout: std::time::Duration,
+    /// Print the report as JSON.
+    pub json: bool,
+}
+
+/// `gatewayctl drill`: exit 0 when every instance recovered, 1 otherwise.
+pub fn drill_command(args: DrillArgs) -> i32 {
+    let (config, _) = install::load_config(&Root::new("/"));
+    let dir = args.dir.clone().unwrap_or_else(|| {
+        config
+            .backup
+            .dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(install::config::DEFAULT_BACKUP_DIR))
+    });
+    backup::scratch::catch_interrupts();
+    let report = backup::drill::drill(&backup::drill::DrillOptions {
+        archive: args.archive,
+        dir,
+        host: args.host,
+        image: args.image,
+        scratch: PathBuf::from("/var/tmp"),
+        timeout: args.timeout,
+    });
+    crate::journal::drill_done(&report);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+    } else {
+        print!("{}", drill_text(&report));
+    }
+    match report.passed {
+        true => exit::OK,
+        false => exit::FAILED,
+    }
+}
+
+/// A span of seconds as an operator reads it: `42s`, `3m 5s`, `2d 4h`.
+pub fn span(seconds: i64) -> String {
+    let s = seconds.unsigned_abs();
+    let sign = if seconds < 0 { "-" } else { "" };
+    match s {
+        0..=119 => format!("{sign}{s}s"),
+        120..=7199 => format!("{sign}{}m {}s", s / 60, s % 60),
+        7200..=172_799 => format!("{sign}{}h {}m", s / 3600, s % 3600 / 60),
+        _ => format!("{sign}{}d {}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+/// The drill report as text.
+pub fn drill_text(r: &backup::drill::DrillReport) -> String {
+    use std::fmt::Write;
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "drill of {} ({}), started {}{}",
+        r.archive.display(),
+        if r.host.is_empty() { "?" } else { &r.host },
+        r.started,
+        r.systemd
+            .as_ref()
+            .map(|v| format!(", systemd {v}"))
+            .unwrap_or_default()
+    );
+    let _ = writeln!(t, "\nrecovery time");
+    for p in &r.phases {
+        let _ = writeln!(t, "  {:<10} {:>7.2}s", p.name, p.seconds);
+    }
+    match r.rto_seconds {
+        Some(rto) => {
+            let _ = writeln!(
+                t,
+                "  {:<10} {:>7.2}s  from the drill's start to every instance serving",
+                "RTO", rto
+            );
+        }
+        None => {
+            let _ = writeln!(t, "  RTO        none: not every instance recovered");
+        }
+    }
+    if !r.instances.is_empty() {
+        let width = r
+            .instances
+            .iter()
+            .map(|i| i.name.chars().count())
+            .max()
+            .unwrap_or(0)
+            .max(8);
+        let _ = writeln!(
+            t,
+            "\n  {:<width$}  {:>8}  {:>8}  result",
+            "instance", "ready", "serving"
+        );
+        let secs = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |s| format!("{s:.2}s"));
+        for i in &r.instances {
+            let _ = writeln!(
+                t,
+                "  {:<width$}  {:>8}  {:>8}  {}",
+                i.name,
+                secs(i.ready_seconds),
+                secs(i.serving_seconds),
+                match &i.reason {
+                    None => "pass".to_string(),
+                    Some(why) => format!("FAIL: {why}"),
+                }
+            );
+        }
+    }
+    if let Some(p) = &r.rpo {
+        let _ = writeln!(t, "\nrecovery point");
+        let _ = writeln!(
+            t,
+            "  archive taken   {} ({} before the drill)",
+            p.created,
+            span(p.archive_age_seconds)
+        );
+        if let Some(f) = &p.newest_file {
+            let _ = writeln!(
+                t,
+                "  newest file     {} ({} old): /{}",
+                f.mtime,
+                span(f.age_seconds),
+                f.path
+            );
+        }
+        match &p.largest_gap {
+            Some(g) => {
+                let _ = writeln!(
+                    t,
+                    "  largest gap     {} between {} and {} ({} archives)",
+                    span(g.seconds),
+                    g.from,
+                    g.to,
+                    p.archives
+                );
+            }
+            None => {
+                let _ = writeln!(t, "  largest gap     none ({} archive)", p.archives);
+            }
+        }
+        if let Some(s) = p.since_newest_archive_seconds {
+            let _ = writeln!(t, "  newest archive  {} ago", span(s));
+        }
+    }
+    for n in &r.notes {
+        let _ = writeln!(t, "\nnote: {n}");
+    }
+    match (&r.failure, r.passed) {
+        (Some(why), _) => {
+            let _ = writeln!(t, "\nFAILED: {why}");
+        }
+        (None, true) => {
+            let _ = writeln!(
+                t,
+                "\npassed: {} of {} instances serving",
+                r.instances.len(),
+                r.instances.len()
+            );
+        }
+        (None, false) => {
+            let bad = r.instances.iter().filter(|i| !i.passed).count();
+            let _ = writeln!(
+                t,
+                "\nFAILED: {bad} of {} instances did not recover",
+                r.instances.len()
+            );
+        }
+    }
+    t
+}

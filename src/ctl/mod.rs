@@ -229,6 +229,43 @@ damaged or refused, 66 it cannot be read."
         #[arg(long)]
         json: bool,
     },
+    /// Rehearse a disaster recovery: restore an archive into a scratch root, boot it, start
+    /// its instances, measure recovery time and point (see --help). The host is not touched.
+    #[command(
+        long_about = "Rehearse a disaster recovery and measure it, without touching this host.\n\n\
+The archive (default: the newest of this host in [backup] dir, or --dir) is verified, restored\n\
+into a scratch root under /var/tmp (an overlay of --image, default / : this host's system and\n\
+vendor software, with the archive's scopes in place of the host's own) as a standby of the\n\
+archived host, booted under a throwaway systemd in a container on a private network; gateway.target\n\
+starts every instance the archive enables; each must become ready and its LB endpoint answer 200.\n\
+Then everything is torn down (also when interrupted).\n\n\
+Recovery time (RTO): seconds from the drill's start to every instance serving, per phase\n\
+(verify, extract, boot, start, healthy) and per instance. Recovery point (RPO): when the archive\n\
+was taken and its age, its newest file, the largest gap between consecutive archives of the host\n\
+(what a disaster at the worst moment would lose) and the age of the newest one.\n\n\
+The outcome is also recorded in the journal (MESSAGE_ID 5f0c6a1e2b7d4c0f9a8e3d2c1b0a9f08), so\n\
+scheduled drills (gateway-drill.timer) show recovery times over weeks.\n\n\
+Exit status: 0 every instance recovered, 1 the drill failed (the report says where and why)."
+    )]
+    Drill {
+        /// The archive (.tar.zst); default: the newest in the backup directory.
+        archive: Option<std::path::PathBuf>,
+        /// Where the archives are (default: [backup] dir).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<std::path::PathBuf>,
+        /// Whose archives, when the directory holds several hosts' (default: this host's).
+        #[arg(long, value_name = "HOST")]
+        host: Option<String>,
+        /// The root filesystem booted under the restored files (a standby's image).
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        image: std::path::PathBuf,
+        /// The longest boot, start and health checks may take together (e.g. 10min).
+        #[arg(long, value_name = "TIME", default_value = "10min", value_parser = parse_timespan)]
+        timeout: std::time::Duration,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Move from the legacy /etc/init.d/vshell-* scripts to units. Without options: show how
     /// each script maps to a unit (changes nothing).
     #[command(
@@ -269,6 +306,11 @@ process holds the instance's health address."
         #[arg(long, value_name = "DIR", requires = "rollback")]
         from: Option<std::path::PathBuf>,
     },
+}
+
+/// A time span as the config writes them (`90s`, `10min`).
+fn parse_timespan(text: &str) -> Result<std::time::Duration, String> {
+    crate::install::timespan::TimeSpan::parse(text).map(|t| t.0)
 }
 
 /// Exit statuses, as LSB init scripts use them.
@@ -427,6 +469,7 @@ pub fn main(cli: Cli) -> i32 {
         Command::Backup { .. } => Some("backup"),
         Command::Verify { .. } => Some("verify"),
         Command::Restore { .. } => Some("restore"),
+        Command::Drill { .. } => Some("drill"),
         // The choice is recorded in a file of that host, which D-Bus cannot write.
         Command::Enable { .. } => Some("enable"),
         Command::Disable { .. } => Some("disable"),
@@ -444,6 +487,23 @@ pub fn main(cli: Cli) -> i32 {
             return backup::backup_command(*full, to.clone(), *json)
         }
         Command::Verify { archive, json } => return backup::verify_command(archive, *json),
+        Command::Drill {
+            archive,
+            dir,
+            host,
+            image,
+            timeout,
+            json,
+        } => {
+            return backup::drill_command(backup::DrillArgs {
+                archive: archive.clone(),
+                dir: dir.clone(),
+                host: host.clone(),
+                image: image.clone(),
+                timeout: *timeout,
+                json: *json,
+            })
+        }
         Command::Restore {
             archive,
             target,
@@ -558,6 +618,7 @@ pub fn main(cli: Cli) -> i32 {
         | Command::CheckConfig
         | Command::Backup { .. }
         | Command::Verify { .. }
+        | Command::Drill { .. }
         | Command::Restore { .. } => {
             unreachable!("handled above")
         }

@@ -80,6 +80,16 @@ pub fn missing_prerequisite() -> Option<String> {
             lower.display()
         ));
     }
+    // Drills are tested with archives taken in the past.
+    if Command::new("faketime")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_err()
+    {
+        return Some("faketime is not installed (apt-get install faketime)".into());
+    }
     if !fs::read_to_string("/proc/filesystems")
         .unwrap_or_default()
         .contains("overlay")
@@ -433,6 +443,83 @@ fn remove_stale_containers() {
         }
         let _ = fs::remove_dir_all(e.path());
         let _ = fs::remove_file(e.path().with_extension("console"));
+    }
+}
+
+/// A root filesystem made as a container's is (an overlay of the lower root, the package
+/// installed by `setup`) but not booted: a standby's image for a drill to boot. Dropping it
+/// unmounts everything.
+pub struct Image {
+    base: PathBuf,
+    mounted: Vec<PathBuf>,
+}
+
+impl Image {
+    /// Mount the overlay and let `setup` write into it.
+    pub fn prepare(setup: impl FnOnce(&Path) -> Result<(), String>) -> Result<Image, String> {
+        remove_stale_containers();
+        let base = PathBuf::from("/var/tmp").join(format!(
+            "gwsys-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        ));
+        let mut image = Image {
+            base: base.clone(),
+            mounted: Vec::new(),
+        };
+        let (upper, root) = (base.join("upper"), base.join("root"));
+        fs::create_dir_all(&upper)
+            .and_then(|_| fs::create_dir_all(&root))
+            .map_err(|e| format!("{}: {e}", base.display()))?;
+        image.mount(
+            Command::new("mount")
+                .args(["-t", "tmpfs", "tmpfs"])
+                .arg(&upper),
+            &upper,
+        )?;
+        fs::create_dir_all(upper.join("u"))
+            .and_then(|_| fs::create_dir_all(upper.join("w")))
+            .map_err(|e| e.to_string())?;
+        image.mount(
+            Command::new("mount")
+                .args(["-t", "overlay", "overlay", "-o"])
+                .arg(format!(
+                    "lowerdir={},upperdir={},workdir={}",
+                    lower_root().display(),
+                    upper.join("u").display(),
+                    upper.join("w").display()
+                ))
+                .arg(&root),
+            &root,
+        )?;
+        setup(&root)?;
+        Ok(image)
+    }
+
+    /// Run a mount command and remember to unmount `at`.
+    pub fn mount(&mut self, cmd: &mut Command, at: &Path) -> Result<(), String> {
+        run(cmd)?;
+        self.mounted.push(at.to_path_buf());
+        Ok(())
+    }
+
+    /// The image's root directory.
+    pub fn root(&self) -> PathBuf {
+        self.base.join("root")
+    }
+
+    /// Its upper layer: everything written into the image since the lower root.
+    pub fn upper(&self) -> PathBuf {
+        self.base.join("upper/u")
+    }
+}
+
+impl Drop for Image {
+    fn drop(&mut self) {
+        for m in self.mounted.iter().rev() {
+            let _ = Command::new("umount").arg(m).status();
+        }
+        let _ = fs::remove_dir_all(&self.base);
     }
 }
 

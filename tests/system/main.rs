@@ -8,6 +8,7 @@ mod boot;
 #[path = "../common/mod.rs"]
 mod common;
 mod ctl;
+mod drill;
 mod harness;
 mod launcher;
 mod load;
@@ -441,6 +442,13 @@ fn main() {
         Trial::test(
             "backup::restore_onto_a_cold_standby_of_another_name",
             backup::restore_onto_a_cold_standby_of_another_name,
+        )
+        .with_ignored_flag(missing.is_some()),
+    );
+    trials.push(
+        Trial::test(
+            "drill::measures_recovery_time_and_point",
+            drill::drill_measures_recovery_time_and_point,
         )
         .with_ignored_flag(missing.is_some()),
     );
