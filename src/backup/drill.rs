@@ -186,9 +186,15 @@ pub fn list_archives(dir: &Path) -> std::io::Result<Vec<Listed>> {
         let Some(stem) = name.strip_suffix(".tar.zst") else {
             continue;
         };
-        let Some((host, stamp)) = stem.rsplit_once('-') else {
+        let Some((mut host, mut stamp)) = stem.rsplit_once('-') else {
             continue;
         };
+        // A second archive in the same second is `<host>-<time>-2.tar.zst`.
+        if stamp.bytes().all(|b| b.is_ascii_digit()) {
+            if let Some((h, s)) = host.rsplit_once('-') {
+                (host, stamp) = (h, s);
+            }
+        }
         if let Some(unix) = parse_stamp(stamp) {
             found.push(Listed {
                 path: e.path(),
@@ -864,5 +870,59 @@ fn judge(
         lb_endpoint: endpoint.cloned(),
         passed: reason.is_none(),
         reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn archives_are_listed_by_the_time_in_their_names() {
+        let dir = tempfile::tempdir().unwrap();
+        for n in [
+            "gw1.example.com-20261123T213500Z.tar.zst",
+            "gw1.example.com-20261123T213500Z-2.tar.zst",
+            "gw1.example.com-20261120T000000Z.tar.zst",
+            "gw1.example.com-20261120T000000Z.tar.zst.sha256",
+            "my-host-20261121T000000Z.tar.zst",
+            "notes.txt",
+            "gw1-2026.tar.zst",
+        ] {
+            fs::write(dir.path().join(n), "").unwrap();
+        }
+        let l = list_archives(dir.path()).unwrap();
+        let shown: Vec<(String, i64)> = l.iter().map(|l| (l.host.clone(), l.unix)).collect();
+        assert_eq!(
+            shown,
+            vec![
+                ("gw1.example.com".into(), 1_795_132_800),
+                ("my-host".into(), 1_795_219_200),
+                ("gw1.example.com".into(), 1_795_469_700),
+                ("gw1.example.com".into(), 1_795_469_700),
+            ]
+        );
+        assert_eq!(parse_stamp("20261123T213500Z"), Some(1_795_469_700));
+        assert_eq!(parse_stamp("20261323T213500Z"), None);
+        assert_eq!(choose_host(&l, None, "standby"), Err("archives of several hosts are there (gw1.example.com, my-host); say which with --host".into()));
+        assert_eq!(choose_host(&l, None, "my-host"), Ok("my-host".into()));
+    }
+
+    #[test]
+    fn the_largest_gap_is_between_consecutive_archives() {
+        let l: Vec<Listed> = [0, 100, 400, 450]
+            .iter()
+            .map(|&t| Listed {
+                path: PathBuf::from(format!("/b/h-{t}")),
+                host: "h".into(),
+                unix: t,
+            })
+            .collect();
+        let refs: Vec<&Listed> = l.iter().collect();
+        let g = largest_gap(&refs).unwrap();
+        assert_eq!(
+            (g.seconds, g.from.as_str(), g.to.as_str()),
+            (300, "h-100", "h-400")
+        );
     }
 }

@@ -5,6 +5,7 @@
 pub mod drill;
 pub mod manifest;
 pub mod restore;
+pub mod retention;
 mod scope;
 pub mod scratch;
 pub mod verify;

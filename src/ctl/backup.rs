@@ -17,8 +17,22 @@ fn root() -> Root {
     std::env::var_os(crate::generator::ROOT_ENV).map_or_else(|| Root::new("/"), Root::new)
 }
 
+/// What `gatewayctl backup` was asked.
+pub struct BackupArgs {
+    /// Take platform/ too.
+    pub full: bool,
+    /// Write there instead of `[backup] dir`.
+    pub to: Option<PathBuf>,
+    /// Print JSON.
+    pub json: bool,
+    /// Keep no archive identical to the newest.
+    pub if_changed: bool,
+    /// Apply retention after a verified backup.
+    pub prune: bool,
+}
+
 /// `gatewayctl backup`.
-pub fn backup_command(full: bool, to: Option<PathBuf>, json: bool) -> i32 {
+pub fn backup_command(args: BackupArgs) -> i32 {
     let root = root();
     let (config, inst, _) = install::load_with_config(&root);
     if let Some(i) = backup::restore::pending(&root.real(Path::new("/"))) {
@@ -29,50 +43,224 @@ pub fn backup_command(full: bool, to: Option<PathBuf>, json: bool) -> i32 {
         eprintln!("gatewayctl: {e}");
         return exit::FAILED;
     }
-    let to = to.map(|d| match d.is_absolute() {
+    let to = args.to.map(|d| match d.is_absolute() {
         true => d,
         false => std::env::current_dir().unwrap_or_default().join(d),
     });
     let opts = BackupOptions {
-        full,
+        full: args.full,
         to,
-        progress: !json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        progress: !args.json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
         extra_roots: config.backup.extra_roots.clone().unwrap_or_default(),
         configured_dir: config.backup.dir.clone(),
     };
-    match backup::backup(&root, &inst, &opts) {
-        Ok(s) => {
-            if json {
-                println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
-            } else {
-                for why in &s.skipped {
-                    println!("skipped {why}");
-                }
-                for path in &s.changed {
-                    println!("changed while it was read (taken as last read): {path}");
-                }
-                println!(
-                    "wrote {} ({} files, {} directories, {} links; {} bytes in {} bytes, {:.1}x) in {:.1}s\n\
-                     sha256 {} in {}",
-                    s.archive.display(),
-                    s.files,
-                    s.directories,
-                    s.links,
-                    s.bytes,
-                    s.archive_bytes,
-                    s.ratio,
-                    s.seconds,
-                    s.sha256,
-                    backup::sidecar_of(&s.archive).display()
-                );
-            }
-            exit::OK
-        }
+    let s = match backup::backup(&root, &inst, &opts) {
+        Ok(s) => s,
         Err(e) => {
             eprintln!("gatewayctl: backup failed: {e}; no archive was written");
-            exit::FAILED
+            return exit::FAILED;
+        }
+    };
+    let dir = s.archive.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let mut newest = s.archive.clone();
+    let mut unchanged_since = None;
+    if args.if_changed {
+        match unchanged(&s.archive, &dir, &inst.host) {
+            Ok(Some(previous)) => {
+                for f in [backup::sidecar_of(&s.archive), s.archive.clone()] {
+                    if let Err(e) = std::fs::remove_file(&f) {
+                        eprintln!(
+                            "gatewayctl: {}: cannot delete the unchanged copy: {e}",
+                            f.display()
+                        );
+                        return exit::FAILED;
+                    }
+                }
+                newest = previous.clone();
+                unchanged_since = Some(previous);
+            }
+            Ok(None) => {}
+            Err(e) => eprintln!("gatewayctl: --if-changed: {e}; the new archive is kept"),
         }
     }
+    let mut pruned = Vec::new();
+    let mut code = exit::OK;
+    if args.prune {
+        match prune_after_backup(&config.backup, &dir, &inst.host, &newest) {
+            Ok(gone) => pruned = gone,
+            Err(e) => {
+                eprintln!("gatewayctl: prune: {e}");
+                code = exit::FAILED;
+            }
+        }
+    }
+    if args.json {
+        let mut v = serde_json::to_value(&s).unwrap_or_default();
+        v["unchanged_since"] = serde_json::json!(unchanged_since);
+        v["kept"] = serde_json::json!(unchanged_since.is_none());
+        v["pruned"] = serde_json::json!(pruned);
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return code;
+    }
+    for why in &s.skipped {
+        println!("skipped {why}");
+    }
+    for path in &s.changed {
+        println!("changed while it was read (taken as last read): {path}");
+    }
+    match &unchanged_since {
+        Some(previous) => println!(
+            "unchanged since {}: nothing differs (entries, content, owners, modes, times); no new archive kept",
+            previous.display()
+        ),
+        None => println!(
+            "wrote {} ({} files, {} directories, {} links; {} bytes in {} bytes, {:.1}x) in {:.1}s\n\
+             sha256 {} in {}",
+            s.archive.display(),
+            s.files,
+            s.directories,
+            s.links,
+            s.bytes,
+            s.archive_bytes,
+            s.ratio,
+            s.seconds,
+            s.sha256,
+            backup::sidecar_of(&s.archive).display()
+        ),
+    }
+    for p in &pruned {
+        println!("pruned {}", p.display());
+    }
+    code
+}
+
+/// The newest other archive of `host` in `dir`, when `archive` holds exactly what it holds.
+fn unchanged(archive: &Path, dir: &Path, host: &str) -> Result<Option<PathBuf>, String> {
+    let listed =
+        backup::drill::list_archives(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let Some(previous) = listed
+        .iter()
+        .rev()
+        .find(|l| l.host == host && l.path != archive)
+    else {
+        return Ok(None);
+    };
+    let new = backup::verify::read_manifest_only(archive).map_err(|e| e.to_string())?;
+    let old = backup::verify::read_manifest_only(&previous.path).map_err(|e| e.to_string())?;
+    let same = new.entries == old.entries
+        && new.scopes == old.scopes
+        && new.install_dir == old.install_dir
+        && new.host == old.host;
+    // Only an intact previous archive may stand for this state.
+    let intact =
+        same && backup::verify::verify(&previous.path).is_ok_and(|r| r.problems.is_empty());
+    Ok(intact.then(|| previous.path.clone()))
+}
+
+/// Retention after a backup: only once the newest archive verifies, and never that one.
+fn prune_after_backup(
+    settings: &crate::install::config::BackupSettings,
+    dir: &Path,
+    host: &str,
+    newest: &Path,
+) -> Result<Vec<PathBuf>, String> {
+    let Some(policy) = backup::retention::Policy::of(settings) else {
+        return Ok(Vec::new());
+    };
+    let report = backup::verify::verify(newest).map_err(|e| e.to_string())?;
+    if !report.problems.is_empty() {
+        return Err(format!(
+            "{} does not verify ({}); nothing pruned",
+            newest.display(),
+            report.problems.join("; ")
+        ));
+    }
+    let listed =
+        backup::drill::list_archives(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let decisions = backup::retention::decide(&listed, host, policy, Some(newest));
+    backup::retention::prune(&decisions).map_err(|e| e.to_string())
+}
+
+/// `gatewayctl backup prune`.
+pub fn prune_command(dir: Option<PathBuf>, host: Option<String>, dry_run: bool, json: bool) -> i32 {
+    let root = root();
+    let (config, inst, _) = install::load_with_config(&root);
+    if let Some(e) = &config.broken_backup {
+        eprintln!("gatewayctl: {e}");
+        return exit::FAILED;
+    }
+    let dir = dir.unwrap_or_else(|| {
+        root.real(
+            config
+                .backup
+                .dir
+                .as_deref()
+                .unwrap_or(Path::new(install::config::DEFAULT_BACKUP_DIR)),
+        )
+    });
+    let Some(policy) = backup::retention::Policy::of(&config.backup) else {
+        eprintln!("gatewayctl: no keep_last, keep_daily, keep_weekly or keep_monthly in [backup] of /etc/gateway-systemd/gateway.toml: every archive is kept, nothing pruned");
+        return exit::OK;
+    };
+    let listed = match backup::drill::list_archives(&dir) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("gatewayctl: {}: {e}", dir.display());
+            return exit::FAILED;
+        }
+    };
+    let host = host.unwrap_or(inst.host);
+    // The newest archive that verifies is never deleted: find it first.
+    let protected = listed
+        .iter()
+        .rev()
+        .filter(|l| l.host == host)
+        .find(|l| backup::verify::verify(&l.path).is_ok_and(|r| r.problems.is_empty()))
+        .map(|l| l.path.clone());
+    let decisions = backup::retention::decide(&listed, &host, policy, protected.as_deref());
+    let gone = match dry_run {
+        true => Vec::new(),
+        false => match backup::retention::prune(&decisions) {
+            Ok(g) => g,
+            Err(e) => {
+                eprintln!("gatewayctl: prune: {e}");
+                return exit::FAILED;
+            }
+        },
+    };
+    if json {
+        let v = serde_json::json!({
+            "dir": dir,
+            "host": host,
+            "dry_run": dry_run,
+            "newest_verified": protected,
+            "decisions": decisions,
+            "deleted": gone,
+        });
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return exit::OK;
+    }
+    for d in &decisions {
+        let name = d.archive.file_name().unwrap_or_default().to_string_lossy();
+        match d.kept_by.is_empty() {
+            true if dry_run => println!("would delete  {name}"),
+            true => println!("deleted       {name}"),
+            false => println!("keep          {name}  ({})", d.kept_by.join(", ")),
+        }
+    }
+    let n = decisions.iter().filter(|d| d.kept_by.is_empty()).count();
+    println!(
+        "{} of {} archives of {host} in {} {}",
+        n,
+        decisions.len(),
+        dir.display(),
+        if dry_run {
+            "would be deleted (dry run)"
+        } else {
+            "deleted"
+        }
+    );
+    exit::OK
 }
 
 /// `gatewayctl verify`.

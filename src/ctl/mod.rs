@@ -153,10 +153,22 @@ archive's sha256 (`sha256sum -c` checks it). Both are written atomically, mode 0
 <host>-<UTC time>.tar.zst.\n\n\
 Exit status: 0 written, 1 failed."
     )]
+    #[command(args_conflicts_with_subcommands = true)]
     Backup {
+        /// Prune old archives instead of writing one.
+        #[command(subcommand)]
+        action: Option<BackupAction>,
         /// Take platform/ too (before a service pack or an update).
         #[arg(long)]
         full: bool,
+        /// Keep no new archive when nothing changed since the newest one (same entries, same
+        /// content): frequent schedules without a pile of copies.
+        #[arg(long)]
+        if_changed: bool,
+        /// Once the archive is written and verified, delete what the [backup] keep_* settings
+        /// do not keep (see `gatewayctl backup prune --help`).
+        #[arg(long)]
+        prune: bool,
         /// Write to DIR instead of [backup] dir.
         #[arg(long, value_name = "DIR")]
         to: Option<std::path::PathBuf>,
@@ -311,6 +323,37 @@ process holds the instance's health address."
 /// A time span as the config writes them (`90s`, `10min`).
 fn parse_timespan(text: &str) -> Result<std::time::Duration, String> {
     crate::install::timespan::TimeSpan::parse(text).map(|t| t.0)
+}
+
+/// `gatewayctl backup` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum BackupAction {
+    /// Delete the archives the [backup] keep_* settings do not keep.
+    #[command(
+        long_about = "Delete this host's archives that the retention settings do not keep:\n\n\
+  keep_last = N      the N newest\n\
+  keep_daily = N     the newest of each of the N most recent days that have one (UTC)\n\
+  keep_weekly = N    the same per ISO week\n\
+  keep_monthly = N   the same per month\n\n\
+An archive is kept when any rule keeps it. The newest archive that verifies is never deleted,\n\
+whatever the rules say; with no keep_* setting nothing is deleted. Each archive goes with its\n\
+.sha256. Other hosts' archives in the directory are never touched.\n\n\
+Exit status: 0 done, 1 failed."
+    )]
+    Prune {
+        /// Show what would be kept and deleted, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// The archive directory (default: [backup] dir).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<std::path::PathBuf>,
+        /// Whose archives (default: this host's).
+        #[arg(long, value_name = "HOST")]
+        host: Option<String>,
+        /// Print the decisions as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Exit statuses, as LSB init scripts use them.
@@ -483,8 +526,31 @@ pub fn main(cli: Cli) -> i32 {
         return drain_command(instance, *wait);
     }
     match &cli.command {
-        Command::Backup { full, to, json } => {
-            return backup::backup_command(*full, to.clone(), *json)
+        Command::Backup {
+            action:
+                Some(BackupAction::Prune {
+                    dry_run,
+                    dir,
+                    host,
+                    json,
+                }),
+            ..
+        } => return backup::prune_command(dir.clone(), host.clone(), *dry_run, *json),
+        Command::Backup {
+            action: None,
+            full,
+            to,
+            json,
+            if_changed,
+            prune,
+        } => {
+            return backup::backup_command(backup::BackupArgs {
+                full: *full,
+                to: to.clone(),
+                json: *json,
+                if_changed: *if_changed,
+                prune: *prune,
+            })
         }
         Command::Verify { archive, json } => return backup::verify_command(archive, *json),
         Command::Drill {

@@ -277,6 +277,14 @@ pub struct BackupSettings {
     pub dir: Option<PathBuf>,
     /// More trees to take whole, e.g. an Analytics installation (`/opt/analytics`).
     pub extra_roots: Option<Vec<PathBuf>>,
+    /// Retention: keep this many newest archives of this host.
+    pub keep_last: Option<u32>,
+    /// Retention: keep the newest archive of each of this many most recent days (UTC).
+    pub keep_daily: Option<u32>,
+    /// Retention: the newest of each of this many most recent ISO weeks.
+    pub keep_weekly: Option<u32>,
+    /// Retention: the newest of each of this many most recent months.
+    pub keep_monthly: Option<u32>,
 }
 
 /// Where archives go unless `[backup] dir` says otherwise.
@@ -289,6 +297,16 @@ impl BackupSettings {
         }
         if later.extra_roots.is_some() {
             self.extra_roots = later.extra_roots;
+        }
+        for (mine, theirs) in [
+            (&mut self.keep_last, later.keep_last),
+            (&mut self.keep_daily, later.keep_daily),
+            (&mut self.keep_weekly, later.keep_weekly),
+            (&mut self.keep_monthly, later.keep_monthly),
+        ] {
+            if theirs.is_some() {
+                *mine = theirs;
+            }
         }
     }
 

@@ -120,18 +120,24 @@ pub fn install_package(root: &Path) -> Result<(), String> {
     apply_preset(root)
 }
 
-/// Apply the package's preset as its postinst does: gateway.target is enabled.
+/// Apply the package's preset as its postinst does: gateway.target and the backup timer are
+/// enabled, the drill timer is not.
 pub fn apply_preset(root: &Path) -> Result<(), String> {
     let out = Command::new("systemctl")
         .arg(format!("--root={}", root.display()))
-        .args(["preset", "gateway.target"])
+        .args([
+            "preset",
+            "gateway.target",
+            "gateway-backup.timer",
+            "gateway-drill.timer",
+        ])
         .output()
         .map_err(|e| format!("systemctl preset: {e}"))?;
     if out.status.success() {
         Ok(())
     } else {
         Err(format!(
-            "systemctl --root={} preset gateway.target failed: {}",
+            "systemctl --root={} preset gateway.target gateway-backup.timer gateway-drill.timer failed: {}",
             root.display(),
             String::from_utf8_lossy(&out.stderr)
         ))

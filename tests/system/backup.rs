@@ -113,3 +113,173 @@ pub fn restore_onto_a_cold_standby_of_another_name() -> Result<(), Failed> {
         format!("{SERVER1} still runs after --rollback")
     })
 }
+
+/// The names in the container's backup directory (archives only), sorted.
+fn archives_in(c: &Container) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(c.root().join("var/lib/gateway-systemd/backups"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .filter(|n| n.ends_with(".tar.zst"))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Wait until gateway-backup.service ran once more after `after` (its start, monotonic µs)
+/// and finished; returns its start.
+fn next_backup_run(c: &Container, after: u64) -> Result<u64, Failed> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        let started: u64 = c
+            .property("gateway-backup.service", "ExecMainStartTimestampMonotonic")?
+            .parse()
+            .unwrap_or(0);
+        let state = c.property("gateway-backup.service", "ActiveState")?;
+        if started > after && state != "activating" {
+            let result = c.property("gateway-backup.service", "Result")?;
+            check(result == "success", || {
+                let log = c
+                    .ok(&[
+                        "journalctl",
+                        "-u",
+                        "gateway-backup.service",
+                        "-n",
+                        "20",
+                        "--no-pager",
+                    ])
+                    .unwrap_or_default();
+                format!("gateway-backup.service: {state}, result {result}\n{log}")
+            })?;
+            return Ok(started);
+        }
+        check(std::time::Instant::now() < deadline, || {
+            "gateway-backup.timer did not start the backup within 40s".into()
+        })?;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn stamp_days_ago(days: i64) -> Result<String, Failed> {
+    let out = Command::new("date")
+        .args(["-u", "-d"])
+        .arg(format!("{days} days ago 12:00"))
+        .arg("+%Y%m%dT%H%M%SZ")
+        .output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// The preset enables scheduled backups (not drills); the timer fires the service, which
+/// writes an archive only when something changed and then keeps exactly what [backup] keep_*
+/// says of a generated series of archives.
+pub fn timer_backs_up_when_changed_and_keeps_what_the_policy_says(
+    c: &Container,
+) -> Result<(), Failed> {
+    for (timer, want) in [
+        ("gateway-backup.timer", "enabled"),
+        ("gateway-drill.timer", "disabled"),
+    ] {
+        let out = c.exec(&["systemctl", "is-enabled", timer]);
+        let got = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        check(got == want, || {
+            format!("{timer} is {got:?} after the preset")
+        })?;
+    }
+    let dir = c.root().join("var/lib/gateway-systemd/backups");
+    fs::create_dir_all(&dir)?;
+    // Sixty days of (fake) archives at noon, older than anything the timer writes: retention
+    // decides by name and time, and deletes them with their .sha256.
+    for days in 1..=60 {
+        let name = format!("gw1.example.com-{}.tar.zst", stamp_days_ago(days)?);
+        fs::write(dir.join(&name), "old")?;
+        fs::write(dir.join(format!("{name}.sha256")), "old")?;
+    }
+    let timer_dropin = c.root().join("etc/systemd/system/gateway-backup.timer.d");
+    fs::create_dir_all(&timer_dropin)?;
+    fs::write(
+        timer_dropin.join("every-10s.conf"),
+        "[Timer]\nOnCalendar=\nOnCalendar=*:*:0/10\nRandomizedDelaySec=0\nAccuracySec=1s\n",
+    )?;
+    let policy = "[backup]\nkeep_last = 1\nkeep_daily = 3\nkeep_monthly = 2\n";
+    let result = c.with_config("90-retention.toml", policy, || -> Result<(), Failed> {
+        c.ok(&["systemctl", "restart", "gateway-backup.timer"])?;
+        let first = next_backup_run(c, 0)?;
+        let after_first = archives_in(c);
+        let today: Vec<&String> = after_first
+            .iter()
+            .filter(|n| !n.contains("T120000Z"))
+            .collect();
+        check(today.len() == 1, || {
+            format!("after the first run: {after_first:?}")
+        })?;
+        // Kept: today's (last, daily, monthly), 1 and 2 days ago (daily), and the newest of last
+        // month (monthly): its last day at noon.
+        let last_month = Command::new("date")
+            .args(["-u", "-d"])
+            .arg(format!(
+                "{} -1 day 12:00",
+                String::from_utf8_lossy(
+                    &Command::new("date")
+                        .args(["-u", "+%Y-%m-01"])
+                        .output()?
+                        .stdout
+                )
+                .trim()
+            ))
+            .arg("+%Y%m%dT%H%M%SZ")
+            .output()?;
+        let mut want = vec![
+            today[0].clone(),
+            format!("gw1.example.com-{}.tar.zst", stamp_days_ago(1)?),
+            format!("gw1.example.com-{}.tar.zst", stamp_days_ago(2)?),
+            format!(
+                "gw1.example.com-{}.tar.zst",
+                String::from_utf8_lossy(&last_month.stdout).trim()
+            ),
+        ];
+        want.sort();
+        want.dedup();
+        check(after_first == want, || {
+            format!("kept after the first scheduled backup:\n{after_first:?}\nwanted:\n{want:?}")
+        })?;
+        // Nothing changed: the next run keeps no new archive.
+        let second = next_backup_run(c, first)?;
+        check(archives_in(c) == want, || {
+            format!(
+                "an unchanged installation got a new archive: {:?}",
+                archives_in(c)
+            )
+        })?;
+        let log = c.ok(&[
+            "journalctl",
+            "-u",
+            "gateway-backup.service",
+            "--no-pager",
+            "-o",
+            "cat",
+        ])?;
+        check(log.contains("unchanged since"), || {
+            format!("the unchanged run did not say so:\n{log}")
+        })?;
+        // A change: a new archive, and today's older one goes (daily keeps a day's newest).
+        fs::write(
+            c.root().join("opt/apigateway/conf/certs/server.key"),
+            "rotated key\n",
+        )?;
+        next_backup_run(c, second)?;
+        let after_change = archives_in(c);
+        let new: Vec<&String> = after_change.iter().filter(|n| !want.contains(n)).collect();
+        check(
+            new.len() == 1 && !after_change.contains(today[0]) && after_change.len() == want.len(),
+            || format!("after a change: {after_change:?} (before: {want:?})"),
+        )?;
+        Ok(())
+    });
+    let _ = fs::remove_dir_all(&timer_dropin);
+    let _ = c.ok(&["systemctl", "stop", "gateway-backup.timer"]);
+    let _ = c.ok(&["systemctl", "daemon-reload"]);
+    let _ = fs::remove_dir_all(&dir);
+    result
+}

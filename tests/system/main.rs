@@ -391,6 +391,10 @@ fn main() {
             "gatewayctl::status_shows_a_restart_pending",
             ctl::status_shows_a_restart_pending,
         ),
+        (
+            "backup::timer_backs_up_when_changed_and_keeps_what_the_policy_says",
+            backup::timer_backs_up_when_changed_and_keeps_what_the_policy_says,
+        ),
         ("compat::startinstance", ctl::startinstance_compatible),
         ("compat::nodemanager", ctl::nodemanager_compatible),
         ("gatewayctl::migrate_initd_plan", ctl::migrate_initd_plan),
