@@ -232,6 +232,7 @@ impl Scratch {
 
     /// Run a command inside the booted container (all its namespaces), killed after `timeout`.
     pub fn exec(&self, args: &[&str], timeout: Duration) -> Result<Output, ScratchError> {
+        self.alive()?;
         let mut child = Command::new("nsenter")
             .args(["-t", &self.pid1.to_string(), "-a"])
             .args(args)
@@ -275,12 +276,14 @@ impl Scratch {
         let Some(mut child) = self.nspawn.take() else {
             return;
         };
-        if self.pid1 != 0 {
-            // SIGRTMIN+4 asks a container's systemd to power off (systemd.special(7)).
+        // SIGTERM to nspawn (our own child: its pid cannot be reused before we wait for it)
+        // makes it shut the container down in order (--kill-signal's default under -b). The
+        // scratch root has nothing to keep: what does not stop in 10 s is killed.
+        if matches!(child.try_wait(), Ok(None)) {
             // SAFETY: kill has no memory preconditions.
-            unsafe { libc::kill(self.pid1 as i32, libc::SIGRTMIN() + 4) };
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         }
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -289,6 +292,29 @@ impl Scratch {
         }
         let _ = child.wait();
         self.pid1 = 0;
+    }
+
+    /// Err when the container is gone (its PID 1's pid may belong to another process now).
+    fn alive(&self) -> Result<(), ScratchError> {
+        // SAFETY: kill with signal 0 only checks; nspawn is our child and not yet waited for.
+        let nspawn_alive = self
+            .nspawn
+            .as_ref()
+            .is_some_and(|c| unsafe { libc::kill(c.id() as i32, 0) } == 0);
+        let zombie = self.nspawn.as_ref().is_some_and(|c| {
+            fs::read_to_string(format!("/proc/{}/stat", c.id())).is_ok_and(|st| {
+                st.rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('Z'))
+            })
+        });
+        match self.pid1 != 0 && nspawn_alive && !zombie {
+            true => Ok(()),
+            false => Err(ScratchError::Boot(format!(
+                "the container is gone: {}",
+                self.console_tail()
+            ))),
+        }
     }
 }
 
@@ -334,7 +360,10 @@ fn remove_stale(parent: &Path) {
     };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
-        let Some(pid) = name.strip_prefix(PREFIX) else {
+        let Some(pid) = name
+            .strip_prefix(PREFIX)
+            .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        else {
             continue;
         };
         if Path::new("/proc").join(pid).exists() {
@@ -394,6 +423,26 @@ static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_signal(_: libc::c_int) {
     INTERRUPTED.store(true, SeqCst);
+}
+
+/// Give this process a mount namespace of its own whose mounts never propagate to the host's:
+/// the drill's mounts are invisible to the host and vanish with the process, even when it is
+/// killed with SIGKILL. Call before any thread starts.
+pub fn private_mounts() -> Result<(), ScratchError> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(|e| {
+        io(
+            "cannot make a mount namespace of its own for",
+            Path::new("/"),
+        )(e.into())
+    })?;
+    nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+    .map_err(|e| io("cannot stop mount propagation from", Path::new("/"))(e.into()))
 }
 
 /// Turn SIGINT, SIGTERM and SIGHUP into [`ScratchError::Interrupted`] at the next wait.

@@ -62,6 +62,19 @@ pub fn backup_command(args: BackupArgs) -> i32 {
         }
     };
     let dir = s.archive.parent().unwrap_or(Path::new("/")).to_path_buf();
+    // Deleting (an unchanged copy, pruned archives) happens under the directory's lock, as
+    // writing does: a prune beside it could otherwise delete what this one keeps.
+    let _lock = match (args.if_changed || args.prune).then(|| lock_dir(&dir)) {
+        Some(Err(e)) => {
+            eprintln!(
+                "gatewayctl: {e}; the new archive {} is kept",
+                s.archive.display()
+            );
+            return exit::FAILED;
+        }
+        Some(Ok(l)) => Some(l),
+        None => None,
+    };
     let mut newest = s.archive.clone();
     let mut unchanged_since = None;
     if args.if_changed {
@@ -132,6 +145,28 @@ pub fn backup_command(args: BackupArgs) -> i32 {
         println!("pruned {}", p.display());
     }
     code
+}
+
+/// Hold the archive directory's lock (the one `backup` writes under), waiting up to a minute
+/// for another backup or prune to finish.
+fn lock_dir(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, String> {
+    let path = dir.join(".lock");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        match install::try_lock(&path) {
+            Ok(Some(l)) => return Ok(l),
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(200))
+            }
+            Ok(None) => {
+                return Err(format!(
+                    "another backup or prune holds {} for over a minute",
+                    path.display()
+                ))
+            }
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        }
+    }
 }
 
 /// The newest other archive of `host` in `dir`, when `archive` holds exactly what it holds.
@@ -210,6 +245,13 @@ pub fn prune_command(dir: Option<PathBuf>, host: Option<String>, dry_run: bool, 
         }
     };
     let host = host.unwrap_or(inst.host);
+    let _lock = match lock_dir(&dir) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("gatewayctl: {e}");
+            return exit::FAILED;
+        }
+    };
     // The newest archive that verifies is never deleted: find it first.
     let protected = listed
         .iter()
@@ -534,6 +576,14 @@ pub fn drill_command(args: DrillArgs) -> i32 {
             .clone()
             .unwrap_or_else(|| PathBuf::from(install::config::DEFAULT_BACKUP_DIR))
     });
+    // Files the drill creates are not the operator's umask's business: the scratch root's
+    // directories must read like the image's.
+    // SAFETY: umask only sets the process's file mode mask.
+    unsafe { libc::umask(0o022) };
+    if let Err(e) = backup::scratch::private_mounts() {
+        eprintln!("gatewayctl: drill: {e}; run it as root");
+        return exit::FAILED;
+    }
     backup::scratch::catch_interrupts();
     let report = backup::drill::drill(&backup::drill::DrillOptions {
         archive: args.archive,
