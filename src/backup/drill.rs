@@ -50,8 +50,8 @@ pub struct InstanceResult {
     pub name: String,
     /// Seconds from the drill's start until systemd had it active (READY=1).
     pub ready_seconds: Option<f64>,
-    /// Seconds from the drill's start until its LB endpoint answered 200 (None: no endpoint,
-    /// or it never did).
+    /// Seconds from the drill's start until it was ready and its LB endpoint answered 200
+    /// (None: no endpoint, or it never did).
     pub serving_seconds: Option<f64>,
     /// Its LB health endpoint, as checked inside the scratch root.
     pub lb_endpoint: Option<String>,
@@ -886,8 +886,13 @@ fn judge(
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     let ready_seconds = (state == "active" && entered > 0).then(|| clock.since_start(entered));
+    // Serving means ready and answering the balancer. The launcher opens the
+    // balancer's check a moment before systemd records READY, so a first 200
+    // can precede the ready time by microseconds; the later of the two counts.
     let serving_seconds = match served {
-        Some(Ok(us)) => Some(clock.since_start(*us)),
+        Some(Ok(us)) => {
+            Some(ready_seconds.map_or(clock.since_start(*us), |r| r.max(clock.since_start(*us))))
+        }
         _ => None,
     };
     let reason = if state != "active" {
