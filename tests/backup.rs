@@ -21,10 +21,13 @@ use common::{repo, Rng};
 fn prerequisites() -> bool {
     let root = nix::unistd::geteuid().is_root();
     let tar = Command::new("tar").arg("--version").output().is_ok();
-    if root && tar {
+    // The reference age tool decrypts what we encrypt.
+    let age = Command::new("age").arg("--version").output().is_ok()
+        && Command::new("age-keygen").arg("--version").output().is_ok();
+    if root && tar && age {
         return true;
     }
-    let why = format!("needs root ({root}) and GNU tar ({tar})");
+    let why = format!("needs root ({root}), GNU tar ({tar}) and age (apt-get install age) ({age})");
     assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
     eprintln!("skipped: {why}");
     false
@@ -1023,4 +1026,220 @@ fn a_file_changing_while_read_is_read_again_or_reported() {
             .len()
     );
     eprintln!("busy.log taken whole: {whole}, reported as changed: {reported}");
+}
+
+/// An age identity made by age-keygen: (identity file, public key).
+fn age_keygen(dir: &Path, name: &str) -> (PathBuf, String) {
+    let path = dir.join(name);
+    let out = Command::new("age-keygen")
+        .arg("-o")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let public = Command::new("age-keygen")
+        .arg("-y")
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        path,
+        String::from_utf8_lossy(&public.stdout).trim().to_string(),
+    )
+}
+
+/// `[backup] recipients`: the archive is an age file whose plaintext never reaches the
+/// destination; `age -d | zstd -d | tar -x` restores it without us; verify and restore take
+/// it with the identity file and refuse it without one or with another's; `--if-changed`
+/// knows an unchanged state without any identity.
+#[test]
+fn encrypted_archives_round_trip_and_refuse_the_wrong_key() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = source_root(dir.path());
+    let (identity, public) = age_keygen(dir.path(), "backup-key.txt");
+    let (other, other_public) = age_keygen(dir.path(), "other-key.txt");
+    // Two recipients: either identity decrypts.
+    fs::create_dir_all(src.join("etc/gateway-systemd/gateway.toml.d")).unwrap();
+    fs::write(
+        src.join("etc/gateway-systemd/gateway.toml.d/60-encrypt.toml"),
+        format!("[backup]\nrecipients = [\"{public}\", \"{other_public}\"]\n"),
+    )
+    .unwrap();
+    let secret = "-----BEGIN PRIVATE KEY----- a secret only the archive holds";
+    fs::write(src.join("opt/apigateway/conf/certs-server.key"), secret).unwrap();
+    let out = dir.path().join("out");
+    let (code, said) = ctl(Some(&src), &["backup", "--to", out.to_str().unwrap()]);
+    assert_eq!(code, 0, "{said}");
+    let mut names: Vec<String> = fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names[0].ends_with(".tar.zst.age"), "{names:?}");
+    assert_eq!(names[1], format!("{}.sha256", names[0]));
+    let archive = out.join(&names[0]);
+    let sealed = fs::read(&archive).unwrap();
+    assert!(sealed.starts_with(b"age-encryption.org/v1\n"));
+    assert!(!sealed
+        .windows(b"BEGIN PRIVATE KEY".len())
+        .any(|w| w == b"BEGIN PRIVATE KEY"));
+    // No plaintext left where it was made.
+    let state = src.join("var/lib/gateway-systemd");
+    let left: Vec<String> = fs::read_dir(&state)
+        .map(|rd| {
+            rd.map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+                .filter(|n| n.contains(".tar.zst"))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "plaintext left in {}: {left:?}",
+        state.display()
+    );
+    let st = Command::new("sha256sum")
+        .arg("-c")
+        .arg(format!("{}.sha256", names[0]))
+        .current_dir(&out)
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{st:?}");
+
+    // Without us: age -d | zstd -d | tar -x.
+    let plain = dir.path().join("by-hand");
+    fs::create_dir(&plain).unwrap();
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg("age -d -i \"$1\" \"$2\" | zstd -d | tar -x -p -C \"$3\"")
+        .args(["sh"])
+        .arg(&identity)
+        .arg(&archive)
+        .arg(&plain)
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{st:?}");
+    assert_eq!(
+        fs::read_to_string(plain.join("opt/apigateway/conf/certs-server.key")).unwrap(),
+        secret
+    );
+
+    // verify: without an identity it says what it needs; with the wrong one it refuses;
+    // with either recipient's identity it passes.
+    let a = archive.to_str().unwrap();
+    let (code, said) = ctl(None, &["verify", a]);
+    assert_eq!(code, 66, "{said}");
+    assert!(said.contains("--identity"), "{said}");
+    let (stranger, _) = age_keygen(dir.path(), "stranger.txt");
+    let (code, said) = ctl(
+        None,
+        &["verify", "--identity", stranger.to_str().unwrap(), a],
+    );
+    assert_eq!(code, 66, "{said}");
+    assert!(said.contains("none of the identities"), "{said}");
+    for id in [&identity, &other] {
+        let (code, said) = ctl(None, &["verify", "--identity", id.to_str().unwrap(), a]);
+        assert_eq!(code, 0, "{said}");
+    }
+    // A flipped byte in the ciphertext is damage, found by age and the .sha256.
+    let damaged = dir.path().join("damaged");
+    fs::create_dir(&damaged).unwrap();
+    let mut bytes = sealed.clone();
+    let at = bytes.len() - 100;
+    bytes[at] ^= 1;
+    let copy = damaged.join(&names[0]);
+    fs::write(&copy, &bytes).unwrap();
+    fs::copy(out.join(&names[1]), damaged.join(&names[1])).unwrap();
+    let (code, said) = ctl(
+        None,
+        &[
+            "verify",
+            "--identity",
+            identity.to_str().unwrap(),
+            copy.to_str().unwrap(),
+        ],
+    );
+    assert_ne!(code, 0, "{said}");
+
+    // restore with the identity: the same tree as the source.
+    let target = target_root(dir.path(), "restored");
+    let (code, said) = ctl(None, &["restore", a, "--target", target.to_str().unwrap()]);
+    assert_eq!(code, 66, "restore without an identity: {said}");
+    let (code, said) = ctl(
+        None,
+        &[
+            "restore",
+            "--identity",
+            identity.to_str().unwrap(),
+            a,
+            "--target",
+            target.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{said}");
+    let mut want = snapshot(&src, &SCOPES);
+    want.retain(|k, _| !k.contains("opsdb.d"));
+    assert_eq!(
+        diff(&want, &snapshot(&target, &SCOPES)),
+        Vec::<String>::new()
+    );
+
+    // The host has no identity: --if-changed still knows an unchanged state.
+    let (code, said) = ctl(
+        Some(&src),
+        &["backup", "--if-changed", "--to", out.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{said}");
+    assert!(said.contains("unchanged since"), "{said}");
+    fs::write(src.join("opt/apigateway/conf/certs-server.key"), "rotated").unwrap();
+    let (code, said) = ctl(
+        Some(&src),
+        &["backup", "--if-changed", "--to", out.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{said}");
+    assert!(said.contains("wrote "), "{said}");
+}
+
+/// A failing `before` hook fails the backup before anything is written: no archive, no
+/// temporary file; the hook's stderr is in the error, and `on_error` is told.
+#[test]
+fn a_failing_before_hook_leaves_no_archive() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = source_root(dir.path());
+    let told = dir.path().join("told");
+    fs::create_dir_all(src.join("etc/gateway-systemd/gateway.toml.d")).unwrap();
+    fs::write(
+        src.join("etc/gateway-systemd/gateway.toml.d/60-hooks.toml"),
+        format!(
+            "[backup]\nbefore = [\"echo partial > \\\"$BACKUP_HOOK_DIR/dump.sql\\\"\", \"echo 'cqlsh: Connection refused' >&2; exit 7\"]\non_error = [\"echo \\\"$BACKUP_ERROR\\\" > {}\"]\n",
+            told.display()
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let (code, said) = ctl(Some(&src), &["backup", "--to", out.to_str().unwrap()]);
+    assert_eq!(code, 1, "{said}");
+    assert!(
+        said.contains("Connection refused") && said.contains("exit status 7"),
+        "{said}"
+    );
+    let written: Vec<_> = fs::read_dir(&out)
+        .map(|rd| rd.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        written.iter().all(|n| n == ".lock"),
+        "a failed backup left {written:?}"
+    );
+    let told = fs::read_to_string(&told).unwrap();
+    assert!(
+        told.contains("before hook") && told.contains("no archive was written"),
+        "{told}"
+    );
 }

@@ -144,7 +144,8 @@ const WAIT_ONLINE: [&str; 2] = [
 /// drill takes no backups and starts no drills.
 const OUR_TIMERS: [&str; 2] = ["gateway-backup.timer", "gateway-drill.timer"];
 
-/// An archive in a destination directory, by its name `<host>-<UTC time>.tar.zst`.
+/// An archive in a destination directory, by its name `<host>-<UTC time>.tar.zst` (`.age`
+/// after it when encrypted).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listed {
     /// The file.
@@ -187,7 +188,10 @@ pub fn list_archives(dir: &Path) -> std::io::Result<Vec<Listed>> {
     for e in fs::read_dir(dir)? {
         let e = e?;
         let name = e.file_name().to_string_lossy().to_string();
-        let Some(stem) = name.strip_suffix(".tar.zst") else {
+        let Some(stem) = name
+            .strip_suffix(super::ENCRYPTED_SUFFIX)
+            .or_else(|| name.strip_suffix(".tar.zst"))
+        else {
             continue;
         };
         let Some((mut host, mut stamp)) = stem.rsplit_once('-') else {
@@ -937,6 +941,8 @@ mod tests {
             "gw1.example.com-20261120T000000Z.tar.zst",
             "gw1.example.com-20261120T000000Z.tar.zst.sha256",
             "my-host-20261121T000000Z.tar.zst",
+            "my-host-20261122T000000Z.tar.zst.age",
+            "my-host-20261122T000000Z.tar.zst.age.sha256",
             "notes.txt",
             "gw1-2026.tar.zst",
         ] {
@@ -949,6 +955,7 @@ mod tests {
             vec![
                 ("gw1.example.com".into(), 1_795_132_800),
                 ("my-host".into(), 1_795_219_200),
+                ("my-host".into(), 1_795_305_600),
                 ("gw1.example.com".into(), 1_795_469_700),
                 ("gw1.example.com".into(), 1_795_469_700),
             ]

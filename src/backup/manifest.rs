@@ -110,6 +110,25 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// What the archive holds, as one hash: host, install dir, scopes and every entry; not
+    /// when it was taken, nor when the hooks' output was written (a dump made afresh with the
+    /// same content is the same state). Two archives with one fingerprint restore the same.
+    pub fn fingerprint(&self) -> String {
+        let hook_dir = super::hooks::HOOK_DIR.trim_start_matches('/');
+        let mut h = Sha256::new();
+        let state = (&self.host, &self.install_dir, &self.scopes);
+        h.update(serde_json::to_vec(&state).unwrap_or_default());
+        for e in &self.entries {
+            let mut e = e.clone();
+            if e.path == hook_dir || e.path.starts_with(&format!("{hook_dir}/")) {
+                (e.mtime, e.mtime_nsec) = (0, 0);
+            }
+            h.update(serde_json::to_vec(&e).unwrap_or_default());
+            h.update(b"\n");
+        }
+        hex(&h.finalize())
+    }
+
     /// The manifest as stored: a header, then one entry per line (readable with `zstdcat | less`).
     pub fn to_bytes(&self) -> Vec<u8> {
         let head = Manifest {

@@ -3,6 +3,8 @@
 //! a `MANIFEST` member first, and the archive's sha256 beside it.
 
 pub mod drill;
+pub mod encryption;
+pub mod hooks;
 pub mod manifest;
 pub mod restore;
 pub mod retention;
@@ -13,7 +15,7 @@ mod write;
 
 pub use manifest::{Entry, Kind, Manifest, MANIFEST_PATH};
 pub use scope::{scopes, scopes_of, Scope, ScopeKind};
-pub use write::{backup, BackupOptions, BackupSummary};
+pub use write::{backup, BackupOptions, BackupSummary, Quiesce};
 
 use std::path::PathBuf;
 
@@ -68,6 +70,16 @@ pub fn sidecar_of(archive: &std::path::Path) -> PathBuf {
     let mut s = archive.as_os_str().to_owned();
     s.push(".sha256");
     PathBuf::from(s)
+}
+
+/// The name's end of an archive encrypted to `[backup] recipients`.
+pub const ENCRYPTED_SUFFIX: &str = ".tar.zst.age";
+
+/// Whether an archive is encrypted (by its name, as `age -d` users know it).
+pub fn is_encrypted(archive: &std::path::Path) -> bool {
+    archive
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().ends_with(ENCRYPTED_SUFFIX))
 }
 
 /// The archive file name for a host and a time: `gw1.example.com-20261123T213500Z.tar.zst`.

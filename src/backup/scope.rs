@@ -1,6 +1,7 @@
 //! What a backup takes: the vendor's scopes of the installation (groups, conf without
 //! opsdb.d, nodemanager.xml, ext, platform with --full), this host's remaining legacy init
-//! scripts, and our own state (config, systemd links and drop-ins, migrate-initd's backups).
+//! scripts, and our own state (config, systemd links and drop-ins, migrate-initd's backups,
+//! what the `before` hooks wrote).
 
 use crate::install::Installation;
 use std::path::{Path, PathBuf};
@@ -80,6 +81,11 @@ pub fn scopes_of(install: &Path, full: bool, extra_roots: &[PathBuf]) -> Vec<Sco
     s.push(Scope::tree(
         "migrate-initd-backups",
         PathBuf::from(crate::ctl::migrate::BACKUP_ROOT),
+    ));
+    // What the `before` hooks wrote (a database dump, say).
+    s.push(Scope::tree(
+        "hook-output",
+        PathBuf::from(super::hooks::HOOK_DIR),
     ));
     // What is enabled and masked: gateway.target's wants, our units' drop-ins and links, the
     // masks of legacy units.

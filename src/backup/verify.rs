@@ -112,19 +112,32 @@ struct Decompressed {
     ended: bool,
 }
 
+/// The archive file's bytes as read, hashed on the way (by every reader of the file).
+struct Hashed(fs::File, std::sync::Arc<std::sync::Mutex<Sha256>>);
+
+impl Read for Hashed {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.0.read(buf)?;
+        self.1
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .update(&buf[..n]);
+        Ok(n)
+    }
+}
+
 impl Decompressed {
-    fn start(file: fs::File, raw_hash: std::rc::Rc<std::cell::RefCell<Option<String>>>) -> Self {
+    /// Decompress `raw` (the file, or its plaintext when encrypted) on a thread of its own;
+    /// once it ended, what is left of the file after it (`rest`, the same open file) is
+    /// hashed too, and the hash of every byte of the file is sent.
+    fn start(
+        raw: Box<dyn Read + Send>,
+        rest: Hashed,
+        raw_hash: std::rc::Rc<std::cell::RefCell<Option<String>>>,
+    ) -> Self {
         let (tx, rx) = std::sync::mpsc::sync_channel(8);
         std::thread::spawn(move || {
-            struct Hashed(fs::File, Sha256);
-            impl Read for Hashed {
-                fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-                    let n = self.0.read(buf)?;
-                    self.1.update(&buf[..n]);
-                    Ok(n)
-                }
-            }
-            let mut decoder = match zstd::stream::read::Decoder::new(Hashed(file, Sha256::new())) {
+            let mut decoder = match zstd::stream::read::Decoder::new(raw) {
                 Ok(d) => d,
                 Err(e) => {
                     let _ = tx.send(Piece::Failed(e.to_string()));
@@ -147,7 +160,14 @@ impl Decompressed {
                     }
                 }
                 if filled == 0 {
-                    let Hashed(_, hash) = decoder.finish().into_inner();
+                    drop(decoder);
+                    // An age stream may end before the file does; those bytes count too.
+                    let mut rest = rest;
+                    if let Err(e) = io::copy(&mut rest, &mut io::sink()) {
+                        let _ = tx.send(Piece::Failed(e.to_string()));
+                        return;
+                    }
+                    let hash = rest.1.lock().unwrap_or_else(|e| e.into_inner()).clone();
                     let _ = tx.send(Piece::End(manifest::hex(&hash.finalize())));
                     return;
                 }
@@ -330,10 +350,19 @@ struct Opened {
 
 fn open(archive: &Path) -> Result<Opened, ReadError> {
     let want = expected_hash(archive)?;
-    let file = fs::File::open(archive)
-        .map_err(|e| ReadError::CannotRead(format!("{}: {e}", archive.display())))?;
+    let cannot = |e: io::Error| ReadError::CannotRead(format!("{}: {e}", archive.display()));
+    let file = fs::File::open(archive).map_err(cannot)?;
+    // Two handles on one open file (one offset): the decoder's, and the one that reads what
+    // it left.
+    let hash = std::sync::Arc::new(std::sync::Mutex::new(Sha256::new()));
+    let rest = Hashed(file.try_clone().map_err(cannot)?, hash.clone());
+    let hashed = Hashed(file, hash);
+    let raw: Box<dyn Read + Send> = match super::is_encrypted(archive) {
+        true => super::encryption::decrypting(hashed).map_err(cannot)?,
+        false => Box::new(hashed),
+    };
     let raw_hash = std::rc::Rc::new(std::cell::RefCell::new(None));
-    let decoder = Decompressed::start(file, raw_hash.clone());
+    let decoder = Decompressed::start(raw, rest, raw_hash.clone());
     let budget = std::rc::Rc::new(std::cell::Cell::new(MANIFEST_MAX + 4096));
     let stream = Budget {
         inner: decoder,
@@ -345,6 +374,32 @@ fn open(archive: &Path) -> Result<Opened, ReadError> {
         raw_hash,
         want,
     })
+}
+
+/// The archive's bytes against its `.sha256` (`sha256sum -c`), without reading what it holds:
+/// all that can be checked of an encrypted archive without its identity.
+pub fn check_sidecar(archive: &Path) -> Result<(), super::BackupError> {
+    let want = expected_hash(archive).map_err(|e| match e {
+        ReadError::CannotRead(why) => super::BackupError::CannotRead(why),
+        ReadError::Damaged(p) => super::BackupError::Damaged {
+            archive: archive.to_path_buf(),
+            detail: p.join("; "),
+        },
+    })?;
+    let mut file =
+        fs::File::open(archive).map_err(super::BackupError::io("cannot read", archive))?;
+    let mut h = Sha256::new();
+    io::copy(&mut file, &mut h).map_err(super::BackupError::io("cannot read", archive))?;
+    match manifest::hex(&h.finalize()) == want {
+        true => Ok(()),
+        false => Err(super::BackupError::Damaged {
+            archive: archive.to_path_buf(),
+            detail: format!(
+                "its sha256 is not the one {} holds",
+                sidecar_of(archive).display()
+            ),
+        }),
+    }
 }
 
 /// The manifest of an archive, as its first member says (not yet checked against

@@ -27,7 +27,7 @@ const READ_ATTEMPTS: u32 = 3;
 pub const ZSTD_LEVEL: i32 = 3;
 
 /// What the operator asked for.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct BackupOptions {
     /// Take `platform/` too.
     pub full: bool,
@@ -39,6 +39,30 @@ pub struct BackupOptions {
     pub extra_roots: Vec<PathBuf>,
     /// The destination from the config (logical).
     pub configured_dir: Option<PathBuf>,
+    /// Encrypt to these (`[backup] recipients`): the archive is `.tar.zst.age`, and its
+    /// plaintext never reaches the destination.
+    pub recipients: Vec<age::x25519::Recipient>,
+    /// `--quiesce`: take these instance directories cold, each stopped around its own copy.
+    pub quiesce: Option<std::rc::Rc<dyn Quiesce>>,
+}
+
+/// What `--quiesce` does around the copy of one instance's directory: stop it (drained), and
+/// once its directory is taken, start it and wait until it serves again and its balancers took
+/// it back, before the next one goes out.
+pub trait Quiesce {
+    /// The directories to take cold (logical), each with the instance's name.
+    fn dirs(&self) -> Vec<(PathBuf, String)>;
+    /// Take the instance out and stop it.
+    fn stop(&self, name: &str) -> Result<(), String>;
+    /// Start it again; Ok once it serves and is back in its balancers' pools.
+    fn start(&self, name: &str) -> Result<(), String>;
+}
+
+/// What the walk sends the reader: an entry, or an instance's directory to take cold (the
+/// reader stops the instance, walks the directory itself, then starts it).
+enum Walked {
+    Entry(Found),
+    Cold(Found, String),
 }
 
 /// What a backup wrote, for the operator and `--json`.
@@ -70,6 +94,8 @@ pub struct BackupSummary {
     pub skipped: Vec<String>,
     /// Files that kept changing while being read: taken as last read.
     pub changed: Vec<String>,
+    /// The manifest's [`Manifest::fingerprint`]: what the archive holds.
+    pub fingerprint: String,
 }
 
 /// One entry found by the walk.
@@ -759,6 +785,8 @@ fn entry_of(f: &Found, names: &mut Names) -> Entry {
 struct Taken {
     entries: Vec<Entry>,
     changed: Vec<String>,
+    /// What the walk of cold directories left out.
+    skipped: Vec<String>,
     files: u64,
     dirs: u64,
     links: u64,
@@ -766,101 +794,146 @@ struct Taken {
 }
 
 /// Write every entry the walk finds into the tar stream, reading each file once (again only
-/// when it changed while read).
+/// when it changed while read); a cold directory with its instance stopped around it.
 fn take_all(
     root: &Root,
-    found: std::sync::mpsc::Receiver<Found>,
+    found: std::sync::mpsc::Receiver<Walked>,
     names: &mut Names,
     pieces: Pieces,
     bar: &indicatif::ProgressBar,
+    never: &[PathBuf],
+    quiesce: Option<&dyn Quiesce>,
 ) -> Result<Taken, BackupError> {
     let mut tar = tar::Builder::new(pieces);
     let mut t = Taken {
         entries: Vec::new(),
         changed: Vec::new(),
+        skipped: Vec::new(),
         files: 0,
         dirs: 0,
         links: 0,
         bytes: 0,
     };
     let stream_err = |e: io::Error| BackupError::CannotRead(format!("the archive's stream: {e}"));
-    for f in found {
-        let real = root.real(&f.logical);
-        let mut e = entry_of(&f, names);
-        match e.kind {
-            Kind::Dir => {
-                t.dirs += 1;
-                append(&mut tar, &e, io::empty()).map_err(stream_err)?;
-            }
-            Kind::Symlink => {
-                let target = fs::read_link(&real).map_err(BackupError::io("cannot read", &real))?;
-                let Some(target) = target.to_str() else {
-                    continue;
+    for walked in found {
+        match walked {
+            Walked::Entry(f) => take_one(root, f, names, &mut tar, &mut t, bar)?,
+            Walked::Cold(f, name) => {
+                let Some(q) = quiesce else { continue };
+                q.stop(&name).map_err(|why| {
+                    BackupError::Config(format!("--quiesce: cannot stop {name}: {why}"))
+                })?;
+                let mut cold = Vec::new();
+                let skipped = {
+                    let mut collect = |f: Found| {
+                        cold.push(f);
+                        true
+                    };
+                    let mut skipped = Vec::new();
+                    walk_tree(root, &f.logical, never, &mut collect, &mut skipped);
+                    skipped
                 };
-                e.link = Some(target.to_string());
-                t.links += 1;
-                append(&mut tar, &e, io::empty()).map_err(stream_err)?;
-            }
-            Kind::File => {
-                // Never through a link swapped in since the walk.
-                let mut file = match fs::OpenOptions::new()
-                    .read(true)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(&real)
-                {
-                    Ok(file) => file,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(BackupError::io("cannot read", &real)(e)),
-                };
-                let meta = file
-                    .metadata()
-                    .map_err(BackupError::io("cannot read", &real))?;
-                if !meta.is_file() {
-                    continue;
-                }
-                let buffered = match meta.len() <= BUFFERED_MAX {
-                    true => take_file(&mut tar, &mut e, &mut file)
-                        .map_err(BackupError::io("cannot read", &real))?,
-                    false => None,
-                };
-                let unstable = match buffered {
-                    Some(unstable) => unstable,
-                    None => {
-                        use std::io::Seek;
-                        let read_err = BackupError::io("cannot read", &real);
-                        file.seek(io::SeekFrom::Start(0)).map_err(read_err)?;
-                        let meta = settled_metadata(&file)
-                            .map_err(BackupError::io("cannot read", &real))?;
-                        stamp(&mut e, &meta);
-                        let started = SystemTime::now();
-                        let (hash, short) = take_large_file(&mut tar, &e, &mut file)
-                            .map_err(BackupError::io("cannot read", &real))?;
-                        let after = file
-                            .metadata()
-                            .map_err(BackupError::io("cannot read", &real))?;
-                        e.sha256 = Some(manifest::hex(&hash));
-                        short
-                            || after.len() != meta.len()
-                            || (after.mtime(), after.mtime_nsec())
-                                != (meta.mtime(), meta.mtime_nsec())
-                            || written_while_read(&after, started, SystemTime::now())
-                    }
-                };
-                if unstable {
-                    t.changed.push(f.logical.display().to_string());
-                }
-                t.files += 1;
-                t.bytes += e.size;
-                bar.inc(e.size);
+                t.skipped.extend(skipped);
+                let taken: Result<(), BackupError> = cold
+                    .into_iter()
+                    .try_for_each(|f| take_one(root, f, names, &mut tar, &mut t, bar));
+                // Started again whether or not its copy succeeded.
+                let started = q.start(&name).map_err(|why| {
+                    BackupError::Config(format!(
+                        "--quiesce: {name} was stopped for its copy and did not come back: {why}"
+                    ))
+                });
+                taken?;
+                started?;
             }
         }
-        t.entries.push(e);
-        tar.get_mut().ship(false).map_err(stream_err)?;
     }
     let mut pieces = tar.into_inner().map_err(stream_err)?;
     pieces.ship(true).map_err(stream_err)?;
 
     Ok(t)
+}
+
+/// Write one entry into the tar stream and the manifest.
+fn take_one(
+    root: &Root,
+    f: Found,
+    names: &mut Names,
+    tar: &mut tar::Builder<Pieces>,
+    t: &mut Taken,
+    bar: &indicatif::ProgressBar,
+) -> Result<(), BackupError> {
+    let stream_err = |e: io::Error| BackupError::CannotRead(format!("the archive's stream: {e}"));
+    let real = root.real(&f.logical);
+    let mut e = entry_of(&f, names);
+    match e.kind {
+        Kind::Dir => {
+            t.dirs += 1;
+            append(tar, &e, io::empty()).map_err(stream_err)?;
+        }
+        Kind::Symlink => {
+            let target = fs::read_link(&real).map_err(BackupError::io("cannot read", &real))?;
+            let Some(target) = target.to_str() else {
+                return Ok(());
+            };
+            e.link = Some(target.to_string());
+            t.links += 1;
+            append(tar, &e, io::empty()).map_err(stream_err)?;
+        }
+        Kind::File => {
+            // Never through a link swapped in since the walk.
+            let mut file = match fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&real)
+            {
+                Ok(file) => file,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(BackupError::io("cannot read", &real)(e)),
+            };
+            let meta = file
+                .metadata()
+                .map_err(BackupError::io("cannot read", &real))?;
+            if !meta.is_file() {
+                return Ok(());
+            }
+            let buffered = match meta.len() <= BUFFERED_MAX {
+                true => take_file(tar, &mut e, &mut file)
+                    .map_err(BackupError::io("cannot read", &real))?,
+                false => None,
+            };
+            let unstable = match buffered {
+                Some(unstable) => unstable,
+                None => {
+                    use std::io::Seek;
+                    let read_err = BackupError::io("cannot read", &real);
+                    file.seek(io::SeekFrom::Start(0)).map_err(read_err)?;
+                    let meta =
+                        settled_metadata(&file).map_err(BackupError::io("cannot read", &real))?;
+                    stamp(&mut e, &meta);
+                    let started = SystemTime::now();
+                    let (hash, short) = take_large_file(tar, &e, &mut file)
+                        .map_err(BackupError::io("cannot read", &real))?;
+                    let after = file
+                        .metadata()
+                        .map_err(BackupError::io("cannot read", &real))?;
+                    e.sha256 = Some(manifest::hex(&hash));
+                    short
+                        || after.len() != meta.len()
+                        || (after.mtime(), after.mtime_nsec()) != (meta.mtime(), meta.mtime_nsec())
+                        || written_while_read(&after, started, SystemTime::now())
+                }
+            };
+            if unstable {
+                t.changed.push(f.logical.display().to_string());
+            }
+            t.files += 1;
+            t.bytes += e.size;
+            bar.inc(e.size);
+        }
+    }
+    t.entries.push(e);
+    tar.get_mut().ship(false).map_err(stream_err)
 }
 
 /// `gatewayctl backup`.
@@ -900,14 +973,30 @@ pub fn backup(
             ))
         })?;
     // Two backups in one second get names of their own.
-    let name = archive_name(&inst.host, created_unix);
-    let mut archive = dest.join(&name);
+    let encrypted = !opts.recipients.is_empty();
+    let suffix = match encrypted {
+        true => super::ENCRYPTED_SUFFIX,
+        false => ".tar.zst",
+    };
+    let stem = archive_name(&inst.host, created_unix)
+        .trim_end_matches(".tar.zst")
+        .to_string();
+    let mut archive = dest.join(format!("{stem}{suffix}"));
     let mut n = 1;
     while archive.exists() {
         n += 1;
-        let stem = name.trim_end_matches(".tar.zst");
-        archive = dest.join(format!("{stem}-{n}.tar.zst"));
+        archive = dest.join(format!("{stem}-{n}{suffix}"));
     }
+    // An encrypted archive's plaintext is made in our state directory, never beside it: the
+    // destination may be a mount of another host's.
+    let staging = match encrypted {
+        true => {
+            let work = root.real(Path::new(super::hooks::STATE_DIR));
+            fs::create_dir_all(&work).map_err(BackupError::io("cannot create", &work))?;
+            work.join(format!("{stem}.tar.zst"))
+        }
+        false => archive.clone(),
+    };
     let scopes = super::scopes(inst, opts.full, &opts.extra_roots);
     // The destination is never taken (it may sit inside a scope), nor is the manifest's place.
     let mut never = vec![Path::new("/").join(MANIFEST_PATH)];
@@ -940,13 +1029,16 @@ pub fn backup(
     };
     // 1. The body: every entry, cut into pieces that worker threads compress, the frames
     // written in order after the manifest's room.
-    let (body_path, body_file) =
-        create_archive_file(&archive).map_err(BackupError::io("cannot create a file in", &dest))?;
+    let (body_path, body_file) = create_archive_file(&staging).map_err(BackupError::io(
+        "cannot create a file in",
+        staging.parent().unwrap_or(&dest),
+    ))?;
     let mut cleanup = TempFiles(vec![body_path.clone()]);
     let mut names = Names::default();
     // At most four compressing threads: a backup runs beside serving gateways, and each thread
     // adds pieces in flight (at most three per thread, up to twice PIECE each).
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    let cold = opts.quiesce.as_ref().map(|q| q.dirs()).unwrap_or_default();
     let (taken, written, walked) = std::thread::scope(|s| {
         use std::sync::mpsc;
         // Bounded both ways: a destination slower than compression holds the reading back
@@ -961,16 +1053,24 @@ pub fn backup(
         // every entry, while the first pieces are compressed. Its channel is unbounded: the
         // writer waits for the room before it takes a frame, so a walk that waited for the
         // reader would wait for itself.
-        let (to_reader, found) = mpsc::channel::<Found>();
+        let (to_reader, found) = mpsc::channel::<Walked>();
         let (to_writer_room, room) = mpsc::sync_channel::<io::Result<u64>>(1);
         let (scopes, never, bar, manifest_of) = (&scopes, &never, &bar, &manifest_of);
+        let cold = &cold;
         let walker = s.spawn(move || {
             let (mut estimate, mut names) = (Vec::new(), Names::default());
             let skipped = walk(root, scopes, never, &mut |f| {
                 bar.inc_length(if f.meta.is_file() { f.meta.len() } else { 0 });
                 estimate.push(estimated_entry(estimate.len(), &f, &mut names));
+                // A cold directory is walked again by the reader once its instance stopped;
+                // this walk only counts it (for the manifest's room and the progress bar).
+                let walked = match cold.iter().find(|(d, _)| f.logical.starts_with(d)) {
+                    Some((d, name)) if *d == f.logical => Walked::Cold(f, name.clone()),
+                    Some(_) => return true,
+                    None => Walked::Entry(f),
+                };
                 // The reader stopped (the backup failed): so does the walk.
-                to_reader.send(f).is_ok()
+                to_reader.send(walked).is_ok()
             });
             drop(to_reader);
             let _ = to_writer_room.send(manifest_room(&manifest_of(estimate)));
@@ -995,7 +1095,8 @@ pub fn backup(
             to_workers,
             spent,
         };
-        let taken = take_all(root, found, &mut names, pieces, bar);
+        let quiesce = opts.quiesce.as_deref();
+        let taken = take_all(root, found, &mut names, pieces, bar, never, quiesce);
         let walked = walker.join();
         // The workers end when the pieces do (the sender went with `take_all`); each is
         // joined, and a worker's own failure is told before the writer's that follows from it.
@@ -1012,7 +1113,7 @@ pub fn backup(
             .unwrap_or_else(|_| Err(io::Error::other("the writing thread panicked")));
         (taken, packed.and(written), walked)
     });
-    let skipped = walked.map_err(|_| {
+    let mut skipped = walked.map_err(|_| {
         BackupError::Config(
             "the walk of the scopes stopped unexpectedly (a bug: please report it); no archive was written".into(),
         )
@@ -1023,11 +1124,13 @@ pub fn backup(
     let Taken {
         entries,
         changed,
+        skipped: skipped_cold,
         files,
         dirs,
         links,
         bytes,
     } = taken?;
+    skipped.extend(skipped_cold);
 
     // 2. The manifest, its own zstd frame before the body's frames.
     let manifest = manifest_of(entries);
@@ -1037,15 +1140,40 @@ pub fn backup(
             "the archive could not be restored ({why}); check [backup] extra_roots"
         ))
     })?;
+    let fingerprint = manifest.fingerprint();
     let manifest_bytes = manifest.to_bytes();
     let manifest_sha = manifest::sha256_hex(&manifest_bytes);
     let frame = manifest_frame(&manifest_bytes, created_unix).map_err(BackupError::io(
         "cannot compress the manifest for",
         &archive,
     ))?;
-    let (final_tmp, out) = place_manifest(&archive, (body_path.clone(), body.file), room, &frame)
+    let (plain_tmp, plain) = place_manifest(&staging, (body_path.clone(), body.file), room, &frame)
         .map_err(BackupError::io("cannot write the archive in", &dest))?;
-    cleanup.0.push(final_tmp.clone());
+    cleanup.0.push(plain_tmp.clone());
+    let (final_tmp, out) = match encrypted {
+        false => (plain_tmp, plain),
+        true => {
+            let (sealed_tmp, sealed) = create_archive_file(&archive)
+                .map_err(BackupError::io("cannot create a file in", &dest))?;
+            cleanup.0.push(sealed_tmp.clone());
+            let mut from = io::BufReader::with_capacity(1 << 20, &plain);
+            {
+                use std::io::Seek;
+                from.seek(io::SeekFrom::Start(0))
+                    .map_err(BackupError::io("cannot read", &plain_tmp))?;
+            }
+            let written = super::encryption::encrypt(
+                &mut from,
+                io::BufWriter::with_capacity(1 << 20, &sealed),
+                &opts.recipients,
+            )
+            .and_then(|w| w.into_inner().map_err(|e| e.into_error()).map(|_| ()));
+            written.map_err(BackupError::io("cannot write", &sealed_tmp))?;
+            drop(plain);
+            let _ = fs::remove_file(&plain_tmp);
+            (sealed_tmp, sealed)
+        }
+    };
 
     // 3. The archive on disk and its hash read back from it, at once; then the hash beside it
     // (sha256sum's format: `sha256sum -c` checks it in that directory), then the archive under
@@ -1101,6 +1229,7 @@ pub fn backup(
         created: rfc3339(created_unix),
         skipped,
         changed,
+        fingerprint,
     })
 }
 

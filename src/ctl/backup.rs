@@ -29,6 +29,8 @@ pub struct BackupArgs {
     pub if_changed: bool,
     /// Apply retention after a verified backup.
     pub prune: bool,
+    /// Copy each instance's directory cold (`--quiesce`).
+    pub quiesce: bool,
 }
 
 /// `gatewayctl backup`.
@@ -47,17 +49,48 @@ pub fn backup_command(args: BackupArgs) -> i32 {
         true => d,
         false => std::env::current_dir().unwrap_or_default().join(d),
     });
-    let opts = BackupOptions {
+    let mut opts = BackupOptions {
         full: args.full,
         to,
         progress: !args.json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
         extra_roots: config.backup.extra_roots.clone().unwrap_or_default(),
         configured_dir: config.backup.dir.clone(),
+        recipients: match backup::encryption::recipients(
+            config.backup.recipients.as_deref().unwrap_or_default(),
+        ) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("gatewayctl: {e}; no archive was written");
+                return exit::FAILED;
+            }
+        },
+        quiesce: None,
     };
+    let quiescer = match args.quiesce {
+        false => None,
+        true => match Quiescer::plan(&inst) {
+            Ok(q) => Some(std::rc::Rc::new(q)),
+            Err(e) => {
+                eprintln!("gatewayctl: --quiesce needs systemd to stop and start the instances: {e}; no archive was written");
+                return exit::FAILED;
+            }
+        },
+    };
+    for why in quiescer.iter().flat_map(|q| &q.warm) {
+        eprintln!("quiesce: {why}");
+    }
+    opts.quiesce = quiescer
+        .clone()
+        .map(|q| q as std::rc::Rc<dyn backup::Quiesce>);
+    let hooks = Hooks::of(&root, &config.backup, &inst);
+    if let Err(e) = hooks.before() {
+        hooks.on_error(&format!("{e}; no archive was written"));
+        return exit::FAILED;
+    }
     let s = match backup::backup(&root, &inst, &opts) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("gatewayctl: backup failed: {e}; no archive was written");
+            hooks.on_error(&format!("backup failed: {e}; no archive was written"));
             return exit::FAILED;
         }
     };
@@ -78,7 +111,7 @@ pub fn backup_command(args: BackupArgs) -> i32 {
     let mut newest = s.archive.clone();
     let mut unchanged_since = None;
     if args.if_changed {
-        match unchanged(&s.archive, &dir, &inst.host) {
+        match unchanged(&s, &dir, &inst.host) {
             Ok(Some(previous)) => {
                 for f in [backup::sidecar_of(&s.archive), s.archive.clone()] {
                     if let Err(e) = std::fs::remove_file(&f) {
@@ -96,15 +129,29 @@ pub fn backup_command(args: BackupArgs) -> i32 {
             Err(e) => eprintln!("gatewayctl: --if-changed: {e}; the new archive is kept"),
         }
     }
-    let mut pruned = Vec::new();
     let mut code = exit::OK;
+    if unchanged_since.is_none() {
+        if let Err(e) = record_state(&s) {
+            // Only the next --if-changed of an encrypted archive misses it: it keeps a copy.
+            eprintln!("gatewayctl: warning: {e}");
+        }
+    }
+    let mut pruned = Vec::new();
     if args.prune {
         match prune_after_backup(&config.backup, &dir, &inst.host, &newest) {
             Ok(gone) => pruned = gone,
             Err(e) => {
-                eprintln!("gatewayctl: prune: {e}");
+                hooks.on_error(&format!("prune: {e}"));
                 code = exit::FAILED;
             }
+        }
+    }
+    drop(_lock);
+    // An off-site copy is of a new archive; an unchanged run has nothing new to send.
+    if unchanged_since.is_none() {
+        if let Err(e) = hooks.after(&s.archive) {
+            hooks.on_error(&format!("{e}; the archive {} is kept", s.archive.display()));
+            code = exit::FAILED;
         }
     }
     if args.json {
@@ -147,6 +194,92 @@ pub fn backup_command(args: BackupArgs) -> i32 {
     code
 }
 
+/// The `[backup]` hooks of this run, with what they are told.
+struct Hooks {
+    settings: crate::install::config::BackupSettings,
+    timeout: std::time::Duration,
+    dir: PathBuf,
+    env: Vec<(&'static str, String)>,
+}
+
+impl Hooks {
+    fn of(
+        root: &Root,
+        settings: &crate::install::config::BackupSettings,
+        inst: &install::Installation,
+    ) -> Self {
+        Hooks {
+            settings: settings.clone(),
+            timeout: settings
+                .hook_timeout
+                .unwrap_or(crate::install::config::DEFAULT_HOOK_TIMEOUT)
+                .0,
+            dir: root.real(Path::new(backup::hooks::HOOK_DIR)),
+            env: vec![
+                ("BACKUP_HOST", inst.host.clone()),
+                ("BACKUP_INSTALL_DIR", inst.install_dir.display().to_string()),
+            ],
+        }
+    }
+
+    fn run(
+        &self,
+        stage: backup::hooks::Stage,
+        commands: &Option<Vec<String>>,
+        more: &[(&'static str, String)],
+    ) -> Result<(), backup::hooks::HookError> {
+        let Some(commands) = commands.as_deref().filter(|c| !c.is_empty()) else {
+            return Ok(());
+        };
+        let mut env = self.env.clone();
+        env.push(("BACKUP_HOOK_DIR", self.dir.display().to_string()));
+        env.extend(more.iter().cloned());
+        backup::hooks::run(stage, commands, self.timeout, &self.dir, &env).map(|_| ())
+    }
+
+    /// Empty the hook directory and run the `before` hooks: what they leave there is taken.
+    fn before(&self) -> Result<(), String> {
+        backup::hooks::prepare_dir(&self.dir).map_err(|e| {
+            format!(
+                "{}: cannot prepare the hook directory: {e}",
+                self.dir.display()
+            )
+        })?;
+        self.run(backup::hooks::Stage::Before, &self.settings.before, &[])
+            .map_err(|e| e.to_string())
+    }
+
+    /// The `after` hooks, told the new archive and its `.sha256`.
+    fn after(&self, archive: &Path) -> Result<(), String> {
+        // The hook directory is their working directory; a restore or an operator may have
+        // removed it since.
+        backup::hooks::prepare_dir_if_missing(&self.dir)
+            .map_err(|e| format!("{}: {e}", self.dir.display()))?;
+        let more = [
+            ("BACKUP_ARCHIVE", archive.display().to_string()),
+            (
+                "BACKUP_SHA256_FILE",
+                backup::sidecar_of(archive).display().to_string(),
+            ),
+        ];
+        self.run(backup::hooks::Stage::After, &self.settings.after, &more)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Say what failed, then run the `on_error` hooks (whose own failure is only told).
+    fn on_error(&self, error: &str) {
+        eprintln!("gatewayctl: {error}");
+        let _ = backup::hooks::prepare_dir_if_missing(&self.dir);
+        if let Err(e) = self.run(
+            backup::hooks::Stage::OnError,
+            &self.settings.on_error,
+            &[("BACKUP_ERROR", error.to_string())],
+        ) {
+            eprintln!("gatewayctl: {e}");
+        }
+    }
+}
+
 /// Hold the archive directory's lock (the one `backup` writes under), waiting up to a minute
 /// for another backup or prune to finish.
 fn lock_dir(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, String> {
@@ -169,27 +302,86 @@ fn lock_dir(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, String> {
     }
 }
 
-/// The newest other archive of `host` in `dir`, when `archive` holds exactly what it holds.
-fn unchanged(archive: &Path, dir: &Path, host: &str) -> Result<Option<PathBuf>, String> {
+/// Where an encrypted archive's fingerprint is kept beside it (its manifest cannot be read
+/// without an identity, which the backing-up host need not have).
+const LAST_STATE: &str = ".last-state";
+
+/// What the newest archive a backup kept holds (`LAST_STATE`).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct LastState {
+    archive: String,
+    fingerprint: String,
+}
+
+/// Record what the archive just kept holds, for the next `--if-changed`.
+fn record_state(s: &backup::BackupSummary) -> Result<(), String> {
+    let dir = s.archive.parent().unwrap_or(Path::new("/"));
+    let state = LastState {
+        archive: s
+            .archive
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned(),
+        fingerprint: s.fingerprint.clone(),
+    };
+    let path = dir.join(LAST_STATE);
+    install::write_atomic(
+        &path,
+        &serde_json::to_vec(&state).unwrap_or_default(),
+        0o600,
+    )
+    .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Whether an archive is intact: verified through (with an identity when encrypted), or, for
+/// an encrypted archive without one, its bytes against its `.sha256` (age authenticates the
+/// rest when it is decrypted).
+fn intact(archive: &Path) -> Result<(), String> {
+    if backup::is_encrypted(archive) && !backup::encryption::have_identity() {
+        return backup::verify::check_sidecar(archive).map_err(|e| e.to_string());
+    }
+    let report = backup::verify::verify(archive).map_err(|e| e.to_string())?;
+    match report.problems.is_empty() {
+        true => Ok(()),
+        false => Err(report.problems.join("; ")),
+    }
+}
+
+/// The newest other archive of `host` in `dir`, when the new one (`s`) holds exactly what it
+/// holds and it is intact.
+fn unchanged(s: &backup::BackupSummary, dir: &Path, host: &str) -> Result<Option<PathBuf>, String> {
     let listed =
         backup::drill::list_archives(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let Some(previous) = listed
         .iter()
         .rev()
-        .find(|l| l.host == host && l.path != archive)
+        .find(|l| l.host == host && l.path != s.archive)
     else {
         return Ok(None);
     };
-    let new = backup::verify::read_manifest_only(archive).map_err(|e| e.to_string())?;
-    let old = backup::verify::read_manifest_only(&previous.path).map_err(|e| e.to_string())?;
-    let same = new.entries == old.entries
-        && new.scopes == old.scopes
-        && new.install_dir == old.install_dir
-        && new.host == old.host;
+    let old = match backup::is_encrypted(&previous.path) {
+        false => backup::verify::read_manifest_only(&previous.path)
+            .map_err(|e| e.to_string())?
+            .fingerprint(),
+        true => {
+            let name = previous
+                .path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy();
+            match std::fs::read(dir.join(LAST_STATE))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<LastState>(&b).ok())
+            {
+                Some(last) if last.archive == name => last.fingerprint,
+                // Not the archive the last backup kept: nothing known of what it holds.
+                _ => return Ok(None),
+            }
+        }
+    };
     // Only an intact previous archive may stand for this state.
-    let intact =
-        same && backup::verify::verify(&previous.path).is_ok_and(|r| r.problems.is_empty());
-    Ok(intact.then(|| previous.path.clone()))
+    Ok((old == s.fingerprint && intact(&previous.path).is_ok()).then(|| previous.path.clone()))
 }
 
 /// Retention after a backup: only once the newest archive verifies, and never that one.
@@ -202,14 +394,12 @@ fn prune_after_backup(
     let Some(policy) = backup::retention::Policy::of(settings) else {
         return Ok(Vec::new());
     };
-    let report = backup::verify::verify(newest).map_err(|e| e.to_string())?;
-    if !report.problems.is_empty() {
-        return Err(format!(
-            "{} does not verify ({}); nothing pruned",
-            newest.display(),
-            report.problems.join("; ")
-        ));
-    }
+    intact(newest).map_err(|why| {
+        format!(
+            "{} does not verify ({why}); nothing pruned",
+            newest.display()
+        )
+    })?;
     let listed =
         backup::drill::list_archives(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let decisions = backup::retention::decide(&listed, host, policy, Some(newest));
@@ -257,7 +447,7 @@ pub fn prune_command(dir: Option<PathBuf>, host: Option<String>, dry_run: bool, 
         .iter()
         .rev()
         .filter(|l| l.host == host)
-        .find(|l| backup::verify::verify(&l.path).is_ok_and(|r| r.problems.is_empty()))
+        .find(|l| intact(&l.path).is_ok())
         .map(|l| l.path.clone());
     let decisions = backup::retention::decide(&listed, &host, policy, protected.as_deref());
     let gone = match dry_run {
@@ -740,4 +930,129 @@ pub fn drill_text(r: &backup::drill::DrillReport) -> String {
         }
     }
     t
+}
+
+/// One instance `--quiesce` takes cold.
+struct ColdInstance {
+    /// `group/instance`.
+    shown: String,
+    /// Its unit.
+    unit: String,
+    /// Its launcher's control socket and lb_rise (the balancers must take it back).
+    socket: PathBuf,
+    rise: u32,
+}
+
+/// `--quiesce` through systemd: each running instance stopped (its `ExecStop=` drains it)
+/// around the copy of its own directory and started again; the next goes out only once it
+/// serves and its balancers took it back. The only running instance of a group is copied warm
+/// (a cold copy would take the group out of its balancers).
+pub(crate) struct Quiescer {
+    systemd: crate::systemd::Systemd,
+    cold: Vec<(PathBuf, ColdInstance)>,
+    /// Who polled each instance before it stopped, by unit.
+    balancers: std::sync::Mutex<std::collections::HashMap<String, Vec<crate::drain::Poller>>>,
+    /// Instances copied while serving, and why.
+    pub warm: Vec<String>,
+}
+
+impl Quiescer {
+    /// Plan from what runs now.
+    pub(crate) fn plan(inst: &install::Installation) -> Result<Quiescer, String> {
+        let systemd = crate::systemd::Systemd::system().map_err(|e| e.to_string())?;
+        let running: Vec<&install::Instance> = inst
+            .instances
+            .iter()
+            .filter(|i| {
+                systemd
+                    .status(&i.unit())
+                    .is_ok_and(|s| s.active_state == "active")
+            })
+            .collect();
+        let (mut cold, mut warm) = (Vec::new(), Vec::new());
+        for i in &running {
+            let shown = format!("{}/{}", i.group.name, i.name);
+            let peers = running
+                .iter()
+                .filter(|o| o.group.name == i.group.name)
+                .count();
+            if peers < 2 {
+                warm.push(format!("{shown}: the only running instance of group {}: copied while it serves (stopping it would take the group out of its balancers)", i.group.name));
+                continue;
+            }
+            cold.push((
+                i.dir.clone(),
+                ColdInstance {
+                    shown,
+                    unit: i.unit(),
+                    socket: crate::drain::control_socket(&i.runtime_dir()),
+                    rise: i.settings.lb_rise,
+                },
+            ));
+        }
+        Ok(Quiescer {
+            systemd,
+            cold,
+            balancers: Default::default(),
+            warm,
+        })
+    }
+
+    fn named(&self, name: &str) -> Result<&ColdInstance, String> {
+        self.cold
+            .iter()
+            .map(|(_, c)| c)
+            .find(|c| c.shown == name)
+            .ok_or_else(|| format!("{name} is not an instance --quiesce planned for"))
+    }
+}
+
+impl backup::Quiesce for Quiescer {
+    fn dirs(&self) -> Vec<(PathBuf, String)> {
+        self.cold
+            .iter()
+            .map(|(d, c)| (d.clone(), c.shown.clone()))
+            .collect()
+    }
+
+    fn stop(&self, name: &str) -> Result<(), String> {
+        let c = self.named(name)?;
+        let polled = super::recent_balancers(&c.socket)?;
+        self.balancers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(c.unit.clone(), polled);
+        eprintln!("quiesce: {}: draining and stopping", c.shown);
+        super::run_job_reported(&self.systemd, crate::systemd::Verb::Stop, &c.unit)
+            .map_err(|_| format!("the stop job of {} failed", c.unit))
+    }
+
+    fn start(&self, name: &str) -> Result<(), String> {
+        let c = self.named(name)?;
+        let started = std::time::Instant::now();
+        super::run_job_reported(&self.systemd, crate::systemd::Verb::Start, &c.unit)
+            .map_err(|_| format!("the start job of {} failed", c.unit))?;
+        super::wait_serving(&self.systemd, &c.unit, started)
+            .map_err(|state| format!("started but not serving ({state})"))?;
+        let serving_since = std::time::Instant::now();
+        let polled = self
+            .balancers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&c.unit)
+            .unwrap_or_default();
+        if !polled.is_empty() {
+            let how = super::wait_for_pool(&c.socket, Some(&polled), c.rise, serving_since)
+                .map_err(|missing| {
+                    format!("these load balancers have not taken it back: {missing}")
+                })?;
+            eprintln!("quiesce: {}: back in the pool ({how})", c.shown);
+        }
+        eprintln!(
+            "quiesce: {}: copied cold, serving again after {:.1}s",
+            c.shown,
+            started.elapsed().as_secs_f64()
+        );
+        Ok(())
+    }
 }

@@ -169,6 +169,11 @@ Exit status: 0 written, 1 failed."
         /// do not keep (see `gatewayctl backup prune --help`).
         #[arg(long)]
         prune: bool,
+        /// A cold copy of each instance's directory: drain and stop it, copy it, start it and
+        /// wait until its balancers took it back, one at a time (never a group out at once:
+        /// the only running instance of a group is copied while it serves, and said so).
+        #[arg(long)]
+        quiesce: bool,
         /// Write to DIR instead of [backup] dir.
         #[arg(long, value_name = "DIR")]
         to: Option<std::path::PathBuf>,
@@ -185,8 +190,12 @@ Exit status: 0 intact, 65 damaged (the differences are listed), 66 cannot be rea
 file or ARCHIVE.sha256, no permission)."
     )]
     Verify {
-        /// The archive (.tar.zst).
+        /// The archive (.tar.zst, or .tar.zst.age with --identity).
         archive: std::path::PathBuf,
+        /// The age identity file (as age-keygen writes it) that decrypts an encrypted archive
+        /// (.tar.zst.age); keys are read from files only, never from the command line.
+        #[arg(long, value_name = "FILE")]
+        identity: Option<std::path::PathBuf>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -237,6 +246,10 @@ damaged or refused, 66 it cannot be read."
         /// Put back what the last restore replaced.
         #[arg(long)]
         rollback: bool,
+        /// The age identity file (as age-keygen writes it) that decrypts an encrypted archive
+        /// (.tar.zst.age); keys are read from files only, never from the command line.
+        #[arg(long, value_name = "FILE")]
+        identity: Option<std::path::PathBuf>,
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
@@ -274,6 +287,10 @@ Exit status: 0 every instance recovered, 1 the drill failed (the report says whe
         /// The longest boot, start and health checks may take together (e.g. 10min).
         #[arg(long, value_name = "TIME", default_value = "10min", value_parser = parse_timespan)]
         timeout: std::time::Duration,
+        /// The age identity file (as age-keygen writes it) that decrypts an encrypted archive
+        /// (.tar.zst.age); keys are read from files only, never from the command line.
+        #[arg(long, value_name = "FILE")]
+        identity: Option<std::path::PathBuf>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -543,8 +560,10 @@ pub fn main(cli: Cli) -> i32 {
             json,
             if_changed,
             prune,
+            quiesce,
         } => {
             return backup::backup_command(backup::BackupArgs {
+                quiesce: *quiesce,
                 full: *full,
                 to: to.clone(),
                 json: *json,
@@ -552,7 +571,27 @@ pub fn main(cli: Cli) -> i32 {
                 prune: *prune,
             })
         }
-        Command::Verify { archive, json } => return backup::verify_command(archive, *json),
+        Command::Verify {
+            identity: Some(identity),
+            ..
+        }
+        | Command::Restore {
+            identity: Some(identity),
+            ..
+        }
+        | Command::Drill {
+            identity: Some(identity),
+            ..
+        } => {
+            if let Err(e) = crate::backup::encryption::use_identity_file(identity) {
+                eprintln!("gatewayctl: {e}");
+                return backup::CANNOT_READ;
+            }
+        }
+        _ => {}
+    }
+    match &cli.command {
+        Command::Verify { archive, json, .. } => return backup::verify_command(archive, *json),
         Command::Drill {
             archive,
             dir,
@@ -560,6 +599,7 @@ pub fn main(cli: Cli) -> i32 {
             image,
             timeout,
             json,
+            ..
         } => {
             return backup::drill_command(backup::DrillArgs {
                 archive: archive.clone(),
@@ -579,6 +619,7 @@ pub fn main(cli: Cli) -> i32 {
             recover,
             rollback,
             json,
+            ..
         } => {
             return backup::restore_command(backup::RestoreArgs {
                 archive: archive.clone(),

@@ -285,7 +285,21 @@ pub struct BackupSettings {
     pub keep_weekly: Option<u32>,
     /// Retention: the newest of each of this many most recent months.
     pub keep_monthly: Option<u32>,
+    /// Shell commands run before the copy (a database dump into `$BACKUP_HOOK_DIR`, say); one
+    /// failing fails the backup.
+    pub before: Option<Vec<String>>,
+    /// Shell commands run once an archive was kept (an off-site copy of `$BACKUP_ARCHIVE`).
+    pub after: Option<Vec<String>>,
+    /// Shell commands run when the backup or a hook failed (`$BACKUP_ERROR` says why).
+    pub on_error: Option<Vec<String>>,
+    /// How long each hook may run before it is killed (default [`DEFAULT_HOOK_TIMEOUT`]).
+    pub hook_timeout: Option<TimeSpan>,
+    /// age recipients (`age1...` public keys) the archive is encrypted to; none: not encrypted.
+    pub recipients: Option<Vec<String>>,
 }
+
+/// How long a backup hook may run unless `[backup] hook_timeout` says otherwise.
+pub const DEFAULT_HOOK_TIMEOUT: TimeSpan = TimeSpan::secs(600);
 
 /// Where archives go unless `[backup] dir` says otherwise.
 pub const DEFAULT_BACKUP_DIR: &str = "/var/lib/gateway-systemd/backups";
@@ -297,6 +311,19 @@ impl BackupSettings {
         }
         if later.extra_roots.is_some() {
             self.extra_roots = later.extra_roots;
+        }
+        for (mine, theirs) in [
+            (&mut self.before, later.before),
+            (&mut self.after, later.after),
+            (&mut self.on_error, later.on_error),
+            (&mut self.recipients, later.recipients),
+        ] {
+            if theirs.is_some() {
+                *mine = theirs;
+            }
+        }
+        if later.hook_timeout.is_some() {
+            self.hook_timeout = later.hook_timeout;
         }
         for (mine, theirs) in [
             (&mut self.keep_last, later.keep_last),
@@ -311,6 +338,13 @@ impl BackupSettings {
     }
 
     fn check(&self) -> Result<(), String> {
+        for r in self.recipients.iter().flatten() {
+            if !r.starts_with("age1") {
+                return Err(format!(
+                    "recipient {r:?} is not an age public key (age1...); `age-keygen -y IDENTITY_FILE` prints the one of an identity"
+                ));
+            }
+        }
         let paths = self.dir.iter().chain(self.extra_roots.iter().flatten());
         for p in paths {
             if !p.is_absolute() || p.components().any(|c| c == std::path::Component::ParentDir) {

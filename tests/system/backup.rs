@@ -283,3 +283,229 @@ pub fn timer_backs_up_when_changed_and_keeps_what_the_policy_says(
     let _ = fs::remove_dir_all(&dir);
     result
 }
+
+/// Run a shell command inside; its stdout, failing with its output when it fails.
+fn sh(c: &Container, script: &str) -> Result<String, Failed> {
+    Ok(c.ok(&["sh", "-c", script])?)
+}
+
+/// The files in a directory of the container, sorted (temporary files included).
+fn files_in(c: &Container, dir: &str) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(c.root().join(dir.trim_start_matches('/')))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// `[backup]` hooks around a real database: a `before` hook dumps MariaDB's metrics database
+/// into the hook directory, the archive takes the dump, an `after` hook copies the archive
+/// off-site; an unchanged dump keeps no new archive; after the database is lost, the restored
+/// dump loads back and answers the same query. A failing `before` hook fails the backup with
+/// its stderr shown, runs `on_error`, and leaves no archive and no temporary file.
+pub fn hooks_dump_a_database_into_the_archive() -> Result<(), Failed> {
+    let c = Container::boot(|root| {
+        crate::setup_host(root, &crate::common::repo().join("demo/domain"))?;
+        crate::harness::run(
+            Command::new("systemctl")
+                .arg(format!("--root={}", root.display()))
+                .args(["disable", "gateway.target"]),
+        )
+        .map(|_| ())
+    })?;
+    c.wait_until_running(Duration::from_secs(60), "boot")?;
+    c.ok(&["systemctl", "start", "mariadb.service"])?;
+    sh(
+        &c,
+        "mariadb -e \"CREATE DATABASE metrics; CREATE TABLE metrics.samples (id INT PRIMARY KEY, api VARCHAR(64), value BIGINT); \
+         INSERT INTO metrics.samples VALUES (1, 'payments', 1200), (2, 'orders', 345), (3, 'edge node 1', 6789);\"",
+    )?;
+    let config = "[backup]\n\
+        before = [\"mysqldump --databases metrics --skip-dump-date > \\\"$BACKUP_HOOK_DIR/metrics.sql\\\"\"]\n\
+        after = [\"mkdir -p /srv/offsite && cp \\\"$BACKUP_ARCHIVE\\\" \\\"$BACKUP_SHA256_FILE\\\" /srv/offsite/\"]\n\
+        on_error = [\"printf '%s\\\\n' \\\"$BACKUP_ERROR\\\" > /root/backup-error\"]\n\
+        hook_timeout = \"1min\"\n";
+    fs::create_dir_all(c.root().join("etc/gateway-systemd/gateway.toml.d"))?;
+    fs::write(
+        c.root()
+            .join("etc/gateway-systemd/gateway.toml.d/80-hooks.toml"),
+        config,
+    )?;
+    let backups = "/var/lib/gateway-systemd/backups";
+    let (code, out) = ctl(&c, &["backup", "--if-changed"]);
+    check(code == 0, || {
+        format!("backup with hooks: exit {code}\n{out}")
+    })?;
+    let archives: Vec<String> = archives_in(&c);
+    check(archives.len() == 1, || {
+        format!("archives after the first backup: {archives:?}\n{out}")
+    })?;
+    let archive = format!("{backups}/{}", archives[0]);
+    let listed = sh(&c, &format!("tar --zstd -tf {archive}"))?;
+    check(
+        listed
+            .lines()
+            .any(|l| l == "var/lib/gateway-systemd/backup-hooks/metrics.sql"),
+        || format!("the archive lacks the dump:\n{listed}"),
+    )?;
+    // The after hook's off-site copy checks out where it landed.
+    sh(&c, "cd /srv/offsite && sha256sum -c --quiet *.sha256")?;
+    // The same data dumped again is the same state: no new archive, no new off-site copy.
+    let (code, out) = ctl(&c, &["backup", "--if-changed"]);
+    check(code == 0 && out.contains("unchanged since"), || {
+        format!("a second backup of the same data: exit {code}\n{out}")
+    })?;
+    check(archives_in(&c) == archives, || {
+        format!(
+            "an unchanged dump kept a new archive: {:?}",
+            archives_in(&c)
+        )
+    })?;
+    check(files_in(&c, "/srv/offsite").len() == 2, || {
+        format!(
+            "the after hook ran for an unchanged backup: {:?}",
+            files_in(&c, "/srv/offsite")
+        )
+    })?;
+
+    // The database is lost; the restore brings the dump back, which loads and answers.
+    sh(
+        &c,
+        "mariadb -e 'DROP DATABASE metrics' && rm -rf /var/lib/gateway-systemd/backup-hooks",
+    )?;
+    let (code, out) = ctl(&c, &["restore", &archive]);
+    check(code == 0, || format!("restore: exit {code}\n{out}"))?;
+    sh(
+        &c,
+        "mariadb < /var/lib/gateway-systemd/backup-hooks/metrics.sql",
+    )?;
+    let rows = sh(
+        &c,
+        "mariadb -N -e 'SELECT COUNT(*), SUM(value), MAX(api) FROM metrics.samples'",
+    )?;
+    check(rows.trim() == "3\t8334\tpayments", || {
+        format!("the restored database answers {rows:?}")
+    })?;
+
+    // A before hook that fails: the backup fails with its stderr, on_error runs, and nothing
+    // is left in the backup directory.
+    let before = files_in(&c, backups);
+    fs::write(
+        c.root().join("etc/gateway-systemd/gateway.toml.d/81-failing.toml"),
+        "[backup]\nbefore = [\"echo 'mysqldump: Got error: 28: No space left on device' >&2; exit 3\"]\n",
+    )?;
+    let (code, out) = ctl(&c, &["backup"]);
+    check(
+        code == 1
+            && out.contains("No space left on device")
+            && out.contains("exit status 3")
+            && out.contains("no archive was written"),
+        || format!("a failing before hook: exit {code}\n{out}"),
+    )?;
+    check(files_in(&c, backups) == before, || {
+        format!(
+            "the failed backup changed {backups}: {:?} (before: {before:?})",
+            files_in(&c, backups)
+        )
+    })?;
+    let told = fs::read_to_string(c.root().join("root/backup-error")).unwrap_or_default();
+    check(
+        told.contains("before hook") && told.contains("No space left"),
+        || format!("on_error was told {told:?}"),
+    )?;
+    c.ok(&["systemctl", "stop", "mariadb.service"])?;
+    Ok(())
+}
+
+/// `backup --quiesce`: each running instance of a group is drained, stopped, copied and
+/// started again one at a time, so that the group always has an instance serving; the only
+/// running instance of its group is copied while it serves. Sampled every 50 ms inside.
+pub fn quiesce_takes_one_instance_out_at_a_time(c: &Container) -> Result<(), Failed> {
+    const SERVER3: &str = "gateway@group1-server3.service";
+    c.ok(&["systemctl", "start", SERVER1, SERVER3, EDGE])?;
+    let edge_since = c.property(EDGE, "ActiveEnterTimestampMonotonic")?;
+    let sampler = c.spawn(&[
+        "sh",
+        "-c",
+        &format!(
+            "rm -f /root/samples; while :; do echo \"$(systemctl is-active {SERVER1}) $(systemctl is-active {SERVER3}) $(systemctl is-active '{EDGE}')\" >> /root/samples; sleep 0.05; done"
+        ),
+    ]);
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let sampler = Stop(sampler);
+    let (code, out) = ctl(c, &["backup", "--quiesce", "--to", "/root/quiesced"]);
+    // The sampler runs in its own namespace entry: stop it inside too.
+    let _ = c.exec(&["pkill", "-f", "/root/samples"]);
+    drop(sampler);
+    let result = (|| -> Result<(), Failed> {
+        check(code == 0, || {
+            format!("backup --quiesce: exit {code}\n{out}")
+        })?;
+        for shown in ["group1/server1", "group1/server3"] {
+            check(
+                out.contains(&format!("quiesce: {shown}: copied cold")),
+                || format!("{shown} was not copied cold:\n{out}"),
+            )?;
+        }
+        check(
+            out.contains("payments-eu/edge node 1: the only running instance of group payments-eu"),
+            || format!("the lone instance was not said to be copied warm:\n{out}"),
+        )?;
+        let samples = fs::read_to_string(c.root().join("root/samples"))?;
+        let rows: Vec<Vec<&str>> = samples
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .filter(|r: &Vec<&str>| r.len() == 3)
+            .collect();
+        let out_of = |k: usize| rows.iter().filter(|r| r[k] != "active").count();
+        check(rows.len() > 20 && out_of(0) > 0 && out_of(1) > 0, || {
+            format!("server1 and server3 were not both seen stopped in turn:\n{samples}")
+        })?;
+        check(
+            !rows.iter().any(|r| r[0] != "active" && r[1] != "active"),
+            || format!("group1 was out at once:\n{samples}"),
+        )?;
+        check(out_of(2) == 0, || {
+            format!("edge node 1 went out:\n{samples}")
+        })?;
+        check(
+            c.property(EDGE, "ActiveEnterTimestampMonotonic")? == edge_since,
+            || "edge node 1 was restarted".into(),
+        )?;
+        for unit in [SERVER1, SERVER3, EDGE] {
+            check(c.property(unit, "ActiveState")? == "active", || {
+                format!("{unit} is not running after the backup")
+            })?;
+        }
+        let (code, verified) = ctl(
+            c,
+            &[
+                "verify",
+                &format!("/root/quiesced/{}", {
+                    let names = fs::read_dir(c.root().join("root/quiesced"))?
+                        .flatten()
+                        .map(|e| e.file_name().to_string_lossy().to_string())
+                        .find(|n| n.ends_with(".tar.zst"))
+                        .ok_or("no archive written")?;
+                    names
+                }),
+            ],
+        );
+        check(code == 0, || {
+            format!("the quiesced archive: exit {code}\n{verified}")
+        })
+    })();
+    let _ = c.ok(&["systemctl", "stop", SERVER1, SERVER3, EDGE]);
+    let _ = fs::remove_dir_all(c.root().join("root/quiesced"));
+    result
+}

@@ -80,6 +80,13 @@ pub fn missing_prerequisite() -> Option<String> {
             lower.display()
         ));
     }
+    // A backup hook dumps a real database, loaded back after a restore.
+    if !lower.join("usr/bin/mysqldump").exists() || !lower.join("usr/sbin/mariadbd").exists() {
+        return Some(format!(
+            "MariaDB is not installed in {} (apt-get install mariadb-server mariadb-client)",
+            lower.display()
+        ));
+    }
     // Drills are tested with archives taken in the past.
     if Command::new("faketime")
         .arg("--version")

@@ -395,6 +395,10 @@ fn main() {
             "backup::timer_backs_up_when_changed_and_keeps_what_the_policy_says",
             backup::timer_backs_up_when_changed_and_keeps_what_the_policy_says,
         ),
+        (
+            "backup::quiesce_takes_one_instance_out_at_a_time",
+            backup::quiesce_takes_one_instance_out_at_a_time,
+        ),
         ("compat::startinstance", ctl::startinstance_compatible),
         ("compat::nodemanager", ctl::nodemanager_compatible),
         ("gatewayctl::migrate_initd_plan", ctl::migrate_initd_plan),
@@ -446,6 +450,13 @@ fn main() {
         Trial::test(
             "backup::restore_onto_a_cold_standby_of_another_name",
             backup::restore_onto_a_cold_standby_of_another_name,
+        )
+        .with_ignored_flag(missing.is_some()),
+    );
+    trials.push(
+        Trial::test(
+            "backup::hooks_dump_a_database_into_the_archive",
+            backup::hooks_dump_a_database_into_the_archive,
         )
         .with_ignored_flag(missing.is_some()),
     );
