@@ -151,6 +151,13 @@ owner id and name, size, mtime, sha256, link target); ARCHIVE.sha256 beside it h
 archive's sha256 (`sha256sum -c` checks it). Both are written atomically, mode 0600, to [backup] dir in\n\
 /etc/gateway-systemd/gateway.toml (default /var/lib/gateway-systemd/backups) or --to DIR, named\n\
 <host>-<UTC time>.tar.zst.\n\n\
+[backup] before, after and on_error are shell commands run around it (clean environment,\n\
+hook_timeout each): what before hooks write into $BACKUP_HOOK_DIR\n\
+(/var/lib/gateway-systemd/backup-hooks) is taken too (a database dump); a failing before hook\n\
+fails the backup, nothing written. after hooks get $BACKUP_ARCHIVE (an off-site copy).\n\n\
+With [backup] recipients (age public keys) the archive is <host>-<UTC time>.tar.zst.age,\n\
+encrypted before it reaches the destination; `age -d -i KEY ARCHIVE | zstd -d | tar -x`\n\
+restores it, and verify, restore and drill take --identity FILE.\n\n\
 Exit status: 0 written, 1 failed."
     )]
     #[command(args_conflicts_with_subcommands = true)]

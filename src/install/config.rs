@@ -339,9 +339,9 @@ impl BackupSettings {
 
     fn check(&self) -> Result<(), String> {
         for r in self.recipients.iter().flatten() {
-            if !r.starts_with("age1") {
+            if r.trim().parse::<age::x25519::Recipient>().is_err() {
                 return Err(format!(
-                    "recipient {r:?} is not an age public key (age1...); `age-keygen -y IDENTITY_FILE` prints the one of an identity"
+                    "recipient {r:?} is not an age X25519 public key (age1...); `age-keygen -y IDENTITY_FILE` prints the one of an identity"
                 ));
             }
         }
@@ -607,5 +607,37 @@ mod tests {
         assert!(c.broken_instances.contains_key("g/a"));
         assert!(c.instances.contains_key("g/b"));
         assert!(problems[0].to_string().contains("soon"), "{}", problems[0]);
+    }
+
+    #[test]
+    fn backup_hooks_and_recipients_overlay_and_bad_keys_are_named() {
+        let key = age::x25519::Identity::generate().to_public().to_string();
+        let mut c = Config::default();
+        c.merge_file(
+            &format!("[backup]\nbefore = [\"dump\"]\nafter = [\"copy\"]\nhook_timeout = \"2min\"\nrecipients = [\"{key}\"]\n"),
+            Path::new("/etc/one.toml"),
+        )
+        .unwrap();
+        c.merge_file(
+            "[backup]\nbefore = [\"dump2\"]\n",
+            Path::new("/etc/two.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.backup.before, Some(vec!["dump2".to_string()]));
+        assert_eq!(c.backup.after, Some(vec!["copy".to_string()]));
+        assert_eq!(c.backup.hook_timeout, Some(TimeSpan::secs(120)));
+        assert_eq!(c.backup.recipients, Some(vec![key]));
+        let problems = c
+            .merge_file(
+                "[backup]\nrecipients = [\"age1typo\"]\n",
+                Path::new("/etc/three.toml"),
+            )
+            .unwrap();
+        let shown = problems[0].to_string();
+        assert!(
+            shown.starts_with("/etc/three.toml:1") && shown.contains("age1typo"),
+            "{shown}"
+        );
+        assert!(c.broken_backup.is_some());
     }
 }

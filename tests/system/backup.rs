@@ -324,8 +324,10 @@ pub fn hooks_dump_a_database_into_the_archive() -> Result<(), Failed> {
         "mariadb -e \"CREATE DATABASE metrics; CREATE TABLE metrics.samples (id INT PRIMARY KEY, api VARCHAR(64), value BIGINT); \
          INSERT INTO metrics.samples VALUES (1, 'payments', 1200), (2, 'orders', 345), (3, 'edge node 1', 6789);\"",
     )?;
+    // mysqldump; Debian 13's MariaDB 11 ships it as mariadb-dump only (the old name is in
+    // mariadb-client-compat).
     let config = "[backup]\n\
-        before = [\"mysqldump --databases metrics --skip-dump-date > \\\"$BACKUP_HOOK_DIR/metrics.sql\\\"\"]\n\
+        before = [\"$(command -v mysqldump || echo mariadb-dump) --databases metrics --skip-dump-date > \\\"$BACKUP_HOOK_DIR/metrics.sql\\\"\"]\n\
         after = [\"mkdir -p /srv/offsite && cp \\\"$BACKUP_ARCHIVE\\\" \\\"$BACKUP_SHA256_FILE\\\" /srv/offsite/\"]\n\
         on_error = [\"printf '%s\\\\n' \\\"$BACKUP_ERROR\\\" > /root/backup-error\"]\n\
         hook_timeout = \"1min\"\n";

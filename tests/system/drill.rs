@@ -313,6 +313,57 @@ pub fn drill_measures_recovery_time_and_point() -> Result<(), Failed> {
         || format!("the human report:\n{human}"),
     )?;
 
+    // An encrypted archive drills with its identity file, and not without.
+    let key = dir.path().join("backup-key.txt");
+    run(Command::new("age-keygen").arg("-o").arg(&key))?;
+    let public = run(Command::new("age-keygen").arg("-y").arg(&key))?;
+    fs::create_dir_all(host.join("etc/gateway-systemd/gateway.toml.d"))?;
+    fs::write(
+        host.join("etc/gateway-systemd/gateway.toml.d/60-encrypt.toml"),
+        format!(
+            "[backup]\nrecipients = [\"{}\"]\n",
+            String::from_utf8_lossy(&public.stdout).trim()
+        ),
+    )?;
+    let sealed_dir = dir.path().join("sealed");
+    let o = Command::new(env!("CARGO_BIN_EXE_gatewayctl"))
+        .args(["backup", "--to"])
+        .arg(&sealed_dir)
+        .env("GATEWAY_SYSTEMD_ROOT", &host)
+        .output()?;
+    check(o.status.success(), || {
+        format!("encrypted backup: {}", String::from_utf8_lossy(&o.stderr))
+    })?;
+    let sealed_dir = sealed_dir.display().to_string();
+    let o = Command::new(env!("CARGO_BIN_EXE_gatewayctl"))
+        .args(["drill", "--dir", &sealed_dir, "--image", &image_root])
+        .output()?;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    check(
+        o.status.code() == Some(1) && said.contains("--identity"),
+        || format!("a drill of an encrypted archive without its identity: {said}"),
+    )?;
+    let (code, r, text) = drill(&[
+        "--dir",
+        &sealed_dir,
+        "--image",
+        &image_root,
+        "--identity",
+        &key.display().to_string(),
+    ])?;
+    check(
+        code == 0
+            && r["passed"] == true
+            && r["archive"]
+                .as_str()
+                .is_some_and(|a| a.ends_with(".tar.zst.age")),
+        || format!("the drill of an encrypted archive (exit {code}):\n{text}"),
+    )?;
+
     // Nothing left behind, nothing written into the image.
     check(mounts_of_drills().is_empty(), || {
         format!("drill mounts left: {:?}", mounts_of_drills())

@@ -81,7 +81,7 @@ pub fn missing_prerequisite() -> Option<String> {
         ));
     }
     // A backup hook dumps a real database, loaded back after a restore.
-    if !lower.join("usr/bin/mysqldump").exists() || !lower.join("usr/sbin/mariadbd").exists() {
+    if !lower.join("usr/bin/mariadb-dump").exists() || !lower.join("usr/sbin/mariadbd").exists() {
         return Some(format!(
             "MariaDB is not installed in {} (apt-get install mariadb-server mariadb-client)",
             lower.display()
