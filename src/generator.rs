@@ -114,14 +114,14 @@ pub fn plan(root: &Root) -> Plan {
     // them beside the installation (a thread costs more than it saves for a few).
     const THREAD_FROM: usize = 64;
     let names = initd::list(root);
-    let ((installation, problems), (scripts, unreadable)) = if names.len() >= THREAD_FROM {
+    let ((config, installation, problems), (scripts, unreadable)) = if names.len() >= THREAD_FROM {
         std::thread::scope(|s| {
             let scripts = s.spawn(|| initd::read(root, names));
-            let installation = install::load(root);
+            let installation = install::load_with_config(root);
             (installation, scripts.join().unwrap_or_default())
         })
     } else {
-        (install::load(root), initd::read(root, names))
+        (install::load_with_config(root), initd::read(root, names))
     };
     let mut messages: Vec<(Severity, String)> = problems
         .iter()
@@ -182,6 +182,7 @@ pub fn plan(root: &Root) -> Plan {
         }
     }
     let mut entries = units::render(&installation, &legacy);
+    entries.extend(units::render_backup(&config.backup));
     let topology = Installation::topology_path(&installation.install_dir);
     if !root.real(&topology).exists() {
         messages.push((

@@ -1061,6 +1061,14 @@ fn encrypted_archives_round_trip_and_refuse_the_wrong_key() {
     let src = source_root(dir.path());
     let (identity, public) = age_keygen(dir.path(), "backup-key.txt");
     let (other, other_public) = age_keygen(dir.path(), "other-key.txt");
+    let secret = "-----BEGIN PRIVATE KEY----- a secret only the archive holds";
+    fs::write(src.join("opt/apigateway/conf/certs-server.key"), secret).unwrap();
+    // A plaintext archive first: once recipients are added, --if-changed keeps an encrypted
+    // one although nothing else changed.
+    let out = dir.path().join("out");
+    let (code, said) = ctl(Some(&src), &["backup", "--to", out.to_str().unwrap()]);
+    assert_eq!(code, 0, "{said}");
+    let plaintext = only_archive(&out);
     // Two recipients: either identity decrypts.
     fs::create_dir_all(src.join("etc/gateway-systemd/gateway.toml.d")).unwrap();
     fs::write(
@@ -1068,11 +1076,17 @@ fn encrypted_archives_round_trip_and_refuse_the_wrong_key() {
         format!("[backup]\nrecipients = [\"{public}\", \"{other_public}\"]\n"),
     )
     .unwrap();
-    let secret = "-----BEGIN PRIVATE KEY----- a secret only the archive holds";
-    fs::write(src.join("opt/apigateway/conf/certs-server.key"), secret).unwrap();
-    let out = dir.path().join("out");
-    let (code, said) = ctl(Some(&src), &["backup", "--to", out.to_str().unwrap()]);
+    let (code, said) = ctl(
+        Some(&src),
+        &["backup", "--if-changed", "--to", out.to_str().unwrap()],
+    );
     assert_eq!(code, 0, "{said}");
+    assert!(
+        said.contains("wrote "),
+        "encryption added, but no new archive: {said}"
+    );
+    fs::remove_file(gateway_systemd::backup::sidecar_of(&plaintext)).unwrap();
+    fs::remove_file(&plaintext).unwrap();
     let mut names: Vec<String> = fs::read_dir(&out)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
@@ -1163,7 +1177,7 @@ fn encrypted_archives_round_trip_and_refuse_the_wrong_key() {
             copy.to_str().unwrap(),
         ],
     );
-    assert_ne!(code, 0, "{said}");
+    assert_eq!(code, 65, "{said}");
 
     // restore with the identity: the same tree as the source.
     let target = target_root(dir.path(), "restored");
@@ -1230,13 +1244,15 @@ fn a_failing_before_hook_leaves_no_archive() {
         said.contains("Connection refused") && said.contains("exit status 7"),
         "{said}"
     );
-    let written: Vec<_> = fs::read_dir(&out)
-        .map(|rd| rd.map(|e| e.unwrap().file_name()).collect())
-        .unwrap_or_default();
-    assert!(
-        written.iter().all(|n| n == ".lock"),
-        "a failed backup left {written:?}"
-    );
+    // The hook failed before the backup began: its destination was not even made, and
+    // nothing is left in the state directory but the hook's own (emptied next run) output.
+    assert!(!out.exists(), "a failed backup made {}", out.display());
+    let state = src.join("var/lib/gateway-systemd");
+    let left: Vec<String> = fs::read_dir(&state)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    assert_eq!(left, ["backup-hooks"], "in {}", state.display());
     let told = fs::read_to_string(&told).unwrap();
     assert!(
         told.contains("before hook") && told.contains("no archive was written"),

@@ -1475,6 +1475,33 @@ fn check_config_names_where() -> Result<(), Failed> {
             .into());
         }
     }
+    // The [backup] schedules, checked by systemd's own parser: a good one shows its next
+    // run; one systemd cannot parse would leave the timer without a schedule, an error.
+    let (_, out) = run("10-config");
+    if !out.contains("[backup] schedule = \"*-*-* 00/4:00:00\": next ") {
+        return Err(format!("check-config does not show the backup schedule:\n{out}").into());
+    }
+    let scratch = tempfile::tempdir()?;
+    let root = scratch.path().join("input");
+    common::copy_tree(
+        &common::repo().join("tests/generator/01-sample-install/input"),
+        &root,
+    )?;
+    fs::create_dir_all(root.join("etc/gateway-systemd/gateway.toml.d"))?;
+    fs::write(
+        root.join("etc/gateway-systemd/gateway.toml.d/50-schedule.toml"),
+        "[backup]\nschedule = \"every tuesday-ish\"\n",
+    )?;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gatewayctl"))
+        .arg("check-config")
+        .env("GATEWAY_SYSTEMD_ROOT", &root)
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if out.status.code() != Some(1)
+        || !text.contains("[backup] schedule = \"every tuesday-ish\" is not a calendar spec")
+    {
+        return Err(format!("check-config on a bad schedule: {:?}\n{text}", out.status).into());
+    }
     Ok(())
 }
 

@@ -101,8 +101,11 @@ pub struct Rpo {
     /// The largest gap between consecutive archives there: what a disaster at the worst
     /// moment would lose.
     pub largest_gap: Option<Gap>,
-    /// Seconds from the newest archive there to the drill's start (the exposure right now).
+    /// Seconds from the newest archive there to the drill's start.
     pub since_newest_archive_seconds: Option<i64>,
+    /// Seconds from the last backup run that found the newest archive still the installation's
+    /// state (`--if-changed` kept no copy) to the drill's start: the exposure right now.
+    pub since_newest_state_confirmed_seconds: Option<i64>,
 }
 
 /// What a drill found.
@@ -279,6 +282,10 @@ pub fn rpo(manifest: &Manifest, listed: &[Listed], now: i64) -> Rpo {
         archives: of_host.len(),
         largest_gap: largest_gap(&of_host),
         since_newest_archive_seconds: of_host.last().map(|l| now - l.unix),
+        since_newest_state_confirmed_seconds: of_host
+            .last()
+            .and_then(|l| super::last_state::current_at(&l.path, &manifest.host))
+            .map(|at| now - at),
     }
 }
 

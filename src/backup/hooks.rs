@@ -21,6 +21,9 @@ const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 const STDERR_LINES: usize = 20;
 /// How long a hook that was sent SIGTERM at its timeout has before SIGKILL.
 const KILL_AFTER: Duration = Duration::from_secs(5);
+/// How long its output is read once it ended (what it started in another session may hold
+/// its pipes open).
+const PIPE_GRACE: Duration = Duration::from_secs(2);
 
 /// When a hook runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -72,6 +75,14 @@ pub enum HookError {
         status: String,
         /// The last lines it wrote to stderr.
         stderr: String,
+    },
+    /// The backup was interrupted while it ran; it was killed.
+    #[error("[backup] {stage} hook {command:?} was killed: the backup was interrupted")]
+    Interrupted {
+        /// Its stage's key.
+        stage: &'static str,
+        /// The command as configured.
+        command: String,
     },
     /// It ran past `hook_timeout` and was killed.
     #[error("[backup] {stage} hook {command:?} ran longer than hook_timeout ({}s) and was killed{}", timeout.as_secs(), quoted(stderr))]
@@ -180,6 +191,8 @@ fn run_one(
         .env("LANG", "C.UTF-8")
         .env("BACKUP_STAGE", stage.key())
         .envs(env.iter().map(|(k, v)| (k, v)))
+        // A database password from the unit's LoadCredential= reaches the hooks.
+        .envs(std::env::var_os("CREDENTIALS_DIRECTORY").map(|d| ("CREDENTIALS_DIRECTORY", d)))
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -194,7 +207,10 @@ fn run_one(
         })?;
     let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
     let prefix = format!("[backup {} hook] ", stage.key());
+    // Each reader sends what it kept once its pipe closed; a descendant that left the group
+    // but kept the pipe open cannot hold the backup beyond PIPE_GRACE.
     let forward = |r: Box<dyn Read + Send>, keep: bool, prefix: String| {
+        let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut tail = std::collections::VecDeque::new();
             for line in BufReader::new(r).split(b'\n').map_while(Result::ok) {
@@ -207,8 +223,9 @@ fn run_one(
                     }
                 }
             }
-            Vec::from(tail).join("\n")
-        })
+            let _ = tx.send(Vec::from(tail).join("\n"));
+        });
+        rx
     };
     let out = child
         .stdout
@@ -227,8 +244,9 @@ fn run_one(
             Err(_) => break None,
         }
         let now = Instant::now();
+        let interrupted = super::scratch::interrupted().is_err();
         match killed_at {
-            None if now >= deadline => {
+            None if now >= deadline || interrupted => {
                 let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGTERM);
                 killed_at = Some(now);
             }
@@ -241,11 +259,17 @@ fn run_one(
     };
     // What it left running in its group would hold the pipes open (and outlive the backup).
     let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
-    if let Some(t) = out {
-        let _ = t.join();
-    }
-    let stderr = err.and_then(|t| t.join().ok()).unwrap_or_default();
+    let until = Instant::now() + PIPE_GRACE;
+    let wait = |rx: std::sync::mpsc::Receiver<String>| {
+        rx.recv_timeout(until.saturating_duration_since(Instant::now()))
+            .ok()
+    };
+    let _ = out.map(wait);
+    let stderr = err.and_then(wait).unwrap_or_default();
     let (stage, command) = (stage.key(), command.to_string());
+    if super::scratch::interrupted().is_err() {
+        return Err(HookError::Interrupted { stage, command });
+    }
     if killed_at.is_some() {
         return Err(HookError::TimedOut {
             stage,
@@ -295,7 +319,7 @@ mod tests {
     #[test]
     fn runs_in_a_clean_environment_in_the_hook_dir() {
         let d = tempfile::tempdir().unwrap();
-        std::env::set_var("GATEWAY_SECRET_FROM_CALLER", "leak");
+        // This test process has plenty of variables (cargo's): none may reach the hook.
         let cmd = "env | sort > seen; pwd > where".to_string();
         let ran = run(
             Stage::Before,

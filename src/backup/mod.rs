@@ -5,6 +5,7 @@
 pub mod drill;
 pub mod encryption;
 pub mod hooks;
+pub mod last_state;
 pub mod manifest;
 pub mod restore;
 pub mod retention;

@@ -52,8 +52,9 @@ pub struct BackupOptions {
 pub trait Quiesce {
     /// The directories to take cold (logical), each with the instance's name.
     fn dirs(&self) -> Vec<(PathBuf, String)>;
-    /// Take the instance out and stop it.
-    fn stop(&self, name: &str) -> Result<(), String>;
+    /// Take the instance out and stop it: Ok(false) when it is not to be stopped now (not
+    /// running, or the last of its group serving), and its directory is copied warm.
+    fn stop(&self, name: &str) -> Result<bool, String>;
     /// Start it again; Ok once it serves and is back in its balancers' pools.
     fn start(&self, name: &str) -> Result<(), String>;
 }
@@ -90,6 +91,9 @@ pub struct BackupSummary {
     pub seconds: f64,
     /// When (UTC, RFC 3339).
     pub created: String,
+    /// When, in seconds since the epoch.
+    #[serde(skip)]
+    pub created_unix: i64,
     /// Entries left out, and why (sockets, devices, names that are not UTF-8).
     pub skipped: Vec<String>,
     /// Files that kept changing while being read: taken as last read.
@@ -695,6 +699,7 @@ fn place_manifest(
     written: (PathBuf, fs::File),
     room: u64,
     frame: &[u8],
+    unnamed: bool,
 ) -> io::Result<(PathBuf, fs::File)> {
     use std::io::Seek;
     use std::os::unix::fs::FileExt;
@@ -708,6 +713,9 @@ fn place_manifest(
         return Ok((path, file));
     }
     let (moved, mut out) = create_archive_file(archive)?;
+    if unnamed {
+        let _ = fs::remove_file(&moved);
+    }
     let copied = (|| {
         out.write_all(frame)?;
         let mut body = &file;
@@ -816,35 +824,42 @@ fn take_all(
     };
     let stream_err = |e: io::Error| BackupError::CannotRead(format!("the archive's stream: {e}"));
     for walked in found {
+        stop_if_interrupted()?;
         match walked {
             Walked::Entry(f) => take_one(root, f, names, &mut tar, &mut t, bar)?,
             Walked::Cold(f, name) => {
-                let Some(q) = quiesce else { continue };
-                q.stop(&name).map_err(|why| {
-                    BackupError::Config(format!("--quiesce: cannot stop {name}: {why}"))
-                })?;
-                let mut cold = Vec::new();
-                let skipped = {
-                    let mut collect = |f: Found| {
-                        cold.push(f);
-                        true
-                    };
-                    let mut skipped = Vec::new();
-                    walk_tree(root, &f.logical, never, &mut collect, &mut skipped);
-                    skipped
+                let stopped = match quiesce {
+                    Some(q) => match q.stop(&name) {
+                        Ok(stopped) => stopped,
+                        Err(why) => {
+                            // A stop job that failed may still have stopped it.
+                            let back = q.start(&name).err().map_or(String::new(), |e| {
+                                format!("; starting it again failed too: {e}")
+                            });
+                            return Err(BackupError::Config(format!(
+                                "--quiesce: cannot stop {name}: {why}{back}; no archive was written"
+                            )));
+                        }
+                    },
+                    None => false,
                 };
-                t.skipped.extend(skipped);
-                let taken: Result<(), BackupError> = cold
-                    .into_iter()
-                    .try_for_each(|f| take_one(root, f, names, &mut tar, &mut t, bar));
-                // Started again whether or not its copy succeeded.
-                let started = q.start(&name).map_err(|why| {
+                // Started again however its copy ends (an error, an interrupt).
+                let restart = StartAgain(stopped.then_some((quiesce, name.as_str())));
+                let mut cold = Vec::new();
+                let mut collect = |f: Found| {
+                    cold.push(f);
+                    true
+                };
+                walk_tree(root, &f.logical, never, &mut collect, &mut t.skipped);
+                for f in cold {
+                    stop_if_interrupted()?;
+                    take_one(root, f, names, &mut tar, &mut t, bar)?;
+                }
+                restart.now().map_err(|why| {
                     BackupError::Config(format!(
                         "--quiesce: {name} was stopped for its copy and did not come back: {why}"
                     ))
-                });
-                taken?;
-                started?;
+                })?;
             }
         }
     }
@@ -852,6 +867,39 @@ fn take_all(
     pieces.ship(true).map_err(stream_err)?;
 
     Ok(t)
+}
+
+/// An instance stopped for its cold copy, started again when this goes (its copy failed) or
+/// when told to ([`StartAgain::now`]).
+struct StartAgain<'a>(Option<(Option<&'a dyn Quiesce>, &'a str)>);
+
+impl StartAgain<'_> {
+    fn now(mut self) -> Result<(), String> {
+        match self.0.take() {
+            Some((Some(q), name)) => q.start(name),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Drop for StartAgain<'_> {
+    fn drop(&mut self) {
+        if let Some((Some(q), name)) = self.0.take() {
+            if let Err(e) = q.start(name) {
+                eprintln!("gatewayctl: --quiesce: {name} was stopped for its copy and did not come back: {e}");
+            }
+        }
+    }
+}
+
+/// The backup ends (its temporary files removed, a stopped instance started again) when
+/// SIGINT, SIGTERM or SIGHUP arrived.
+fn stop_if_interrupted() -> Result<(), BackupError> {
+    super::scratch::interrupted().map_err(|_| {
+        BackupError::Config(
+            "interrupted (SIGINT, SIGTERM or SIGHUP); no archive was written".into(),
+        )
+    })
 }
 
 /// Write one entry into the tar stream and the manifest.
@@ -1029,10 +1077,14 @@ pub fn backup(
     };
     // 1. The body: every entry, cut into pieces that worker threads compress, the frames
     // written in order after the manifest's room.
-    let (body_path, body_file) = create_archive_file(&staging).map_err(BackupError::io(
-        "cannot create a file in",
-        staging.parent().unwrap_or(&dest),
-    ))?;
+    let staging_dir = staging.parent().unwrap_or(&dest).to_path_buf();
+    let (body_path, body_file) = create_archive_file(&staging)
+        .map_err(BackupError::io("cannot create a file in", &staging_dir))?;
+    if encrypted {
+        // The plaintext lives on through its open file only: nothing of it outlives the
+        // backup, not even a SIGKILL or a power cut.
+        let _ = fs::remove_file(&body_path);
+    }
     let mut cleanup = TempFiles(vec![body_path.clone()]);
     let mut names = Names::default();
     // At most four compressing threads: a backup runs beside serving gateways, and each thread
@@ -1147,8 +1199,14 @@ pub fn backup(
         "cannot compress the manifest for",
         &archive,
     ))?;
-    let (plain_tmp, plain) = place_manifest(&staging, (body_path.clone(), body.file), room, &frame)
-        .map_err(BackupError::io("cannot write the archive in", &dest))?;
+    let (plain_tmp, plain) = place_manifest(
+        &staging,
+        (body_path.clone(), body.file),
+        room,
+        &frame,
+        encrypted,
+    )
+    .map_err(BackupError::io("cannot write the archive in", &staging_dir))?;
     cleanup.0.push(plain_tmp.clone());
     let (final_tmp, out) = match encrypted {
         false => (plain_tmp, plain),
@@ -1227,6 +1285,7 @@ pub fn backup(
         },
         seconds: started.elapsed().as_secs_f64(),
         created: rfc3339(created_unix),
+        created_unix,
         skipped,
         changed,
         fingerprint,
@@ -1325,8 +1384,14 @@ mod tests {
         let archive = dir.path().join("a.tar.zst");
         // Room to spare: the frame, a skippable frame over the rest, the body untouched.
         let room = frame.len() as u64 + 100;
-        let (path, file) =
-            place_manifest(&archive, body_at(dir.path(), room, &body), room, &frame).unwrap();
+        let (path, file) = place_manifest(
+            &archive,
+            body_at(dir.path(), room, &body),
+            room,
+            &frame,
+            false,
+        )
+        .unwrap();
         assert_eq!(path, dir.path().join("body"), "written in place");
         drop(file);
         let bytes = fs::read(&path).unwrap();
@@ -1341,8 +1406,14 @@ mod tests {
             (frame.len() as u64 + 8, false),
             (frame.len() as u64 + 7, true),
         ] {
-            let (path, file) =
-                place_manifest(&archive, body_at(dir.path(), room, &body), room, &frame).unwrap();
+            let (path, file) = place_manifest(
+                &archive,
+                body_at(dir.path(), room, &body),
+                room,
+                &frame,
+                false,
+            )
+            .unwrap();
             drop(file);
             assert_eq!(path != dir.path().join("body"), moved, "room {room}");
             assert_eq!(

@@ -45,33 +45,51 @@ pub fn backup_command(args: BackupArgs) -> i32 {
         eprintln!("gatewayctl: {e}");
         return exit::FAILED;
     }
+    let hooks = Hooks::of(&root, &config.backup, &inst);
+    // One backup of this host at a time, whatever its destination: the hook directory and
+    // the instances --quiesce stops are the host's.
+    let host_lock = root.real(Path::new(HOST_LOCK));
+    let _host_lock = match std::fs::create_dir_all(host_lock.parent().unwrap_or(Path::new("/")))
+        .and_then(|_| install::try_lock(&host_lock))
+    {
+        Ok(Some(l)) => l,
+        Ok(None) => {
+            hooks.on_error(&format!(
+                "another backup of this host is running (it holds {}); no archive was written",
+                host_lock.display()
+            ));
+            return exit::FAILED;
+        }
+        Err(e) => {
+            hooks.on_error(&format!(
+                "{}: {e}; no archive was written",
+                host_lock.display()
+            ));
+            return exit::FAILED;
+        }
+    };
+    // SIGINT, SIGTERM (systemctl stop gateway-backup) and SIGHUP end the backup in order: its
+    // temporary files removed, a hook's process group killed, a quiesced instance started.
+    backup::scratch::catch_interrupts();
     let to = args.to.map(|d| match d.is_absolute() {
         true => d,
         false => std::env::current_dir().unwrap_or_default().join(d),
     });
-    let mut opts = BackupOptions {
-        full: args.full,
-        to,
-        progress: !args.json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
-        extra_roots: config.backup.extra_roots.clone().unwrap_or_default(),
-        configured_dir: config.backup.dir.clone(),
-        recipients: match backup::encryption::recipients(
-            config.backup.recipients.as_deref().unwrap_or_default(),
-        ) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("gatewayctl: {e}; no archive was written");
-                return exit::FAILED;
-            }
-        },
-        quiesce: None,
+    let recipients = match backup::encryption::recipients(
+        config.backup.recipients.as_deref().unwrap_or_default(),
+    ) {
+        Ok(r) => r,
+        Err(e) => {
+            hooks.on_error(&format!("{e}; no archive was written"));
+            return exit::FAILED;
+        }
     };
     let quiescer = match args.quiesce {
         false => None,
         true => match Quiescer::plan(&inst) {
             Ok(q) => Some(std::rc::Rc::new(q)),
             Err(e) => {
-                eprintln!("gatewayctl: --quiesce needs systemd to stop and start the instances: {e}; no archive was written");
+                hooks.on_error(&format!("--quiesce needs systemd to stop and start the instances: {e}; no archive was written"));
                 return exit::FAILED;
             }
         },
@@ -79,10 +97,17 @@ pub fn backup_command(args: BackupArgs) -> i32 {
     for why in quiescer.iter().flat_map(|q| &q.warm) {
         eprintln!("quiesce: {why}");
     }
-    opts.quiesce = quiescer
-        .clone()
-        .map(|q| q as std::rc::Rc<dyn backup::Quiesce>);
-    let hooks = Hooks::of(&root, &config.backup, &inst);
+    let opts = BackupOptions {
+        full: args.full,
+        to,
+        progress: !args.json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        extra_roots: config.backup.extra_roots.clone().unwrap_or_default(),
+        configured_dir: config.backup.dir.clone(),
+        recipients,
+        quiesce: quiescer
+            .clone()
+            .map(|q| q as std::rc::Rc<dyn backup::Quiesce>),
+    };
     if let Err(e) = hooks.before() {
         hooks.on_error(&format!("{e}; no archive was written"));
         return exit::FAILED;
@@ -99,10 +124,10 @@ pub fn backup_command(args: BackupArgs) -> i32 {
     // writing does: a prune beside it could otherwise delete what this one keeps.
     let _lock = match (args.if_changed || args.prune).then(|| lock_dir(&dir)) {
         Some(Err(e)) => {
-            eprintln!(
-                "gatewayctl: {e}; the new archive {} is kept",
+            hooks.on_error(&format!(
+                "{e}; the new archive {} is kept",
                 s.archive.display()
-            );
+            ));
             return exit::FAILED;
         }
         Some(Ok(l)) => Some(l),
@@ -110,15 +135,18 @@ pub fn backup_command(args: BackupArgs) -> i32 {
     };
     let mut newest = s.archive.clone();
     let mut unchanged_since = None;
+    let mut sealed_to: Vec<String> = config.backup.recipients.clone().unwrap_or_default();
+    sealed_to.iter_mut().for_each(|r| *r = r.trim().to_string());
+    sealed_to.sort();
     if args.if_changed {
-        match unchanged(&s, &dir, &inst.host) {
+        match unchanged(&s, &dir, &inst.host, &sealed_to) {
             Ok(Some(previous)) => {
                 for f in [backup::sidecar_of(&s.archive), s.archive.clone()] {
                     if let Err(e) = std::fs::remove_file(&f) {
-                        eprintln!(
-                            "gatewayctl: {}: cannot delete the unchanged copy: {e}",
+                        hooks.on_error(&format!(
+                            "{}: cannot delete the unchanged copy: {e}",
                             f.display()
-                        );
+                        ));
                         return exit::FAILED;
                     }
                 }
@@ -130,11 +158,18 @@ pub fn backup_command(args: BackupArgs) -> i32 {
         }
     }
     let mut code = exit::OK;
-    if unchanged_since.is_none() {
-        if let Err(e) = record_state(&s) {
-            // Only the next --if-changed of an encrypted archive misses it: it keeps a copy.
-            eprintln!("gatewayctl: warning: {e}");
-        }
+    // What the newest archive holds is the installation's state as of this run: a drill's
+    // recovery point counts from here, not from the archive's (older) creation.
+    if let Err(e) = record_state(
+        &newest,
+        &s.fingerprint,
+        &sealed_to,
+        &inst.host,
+        s.created_unix,
+    ) {
+        // Only the next --if-changed of an encrypted archive and the drill's "current as of"
+        // miss it: a copy is kept next time.
+        eprintln!("gatewayctl: warning: {e}");
     }
     let mut pruned = Vec::new();
     if args.prune {
@@ -152,6 +187,15 @@ pub fn backup_command(args: BackupArgs) -> i32 {
         if let Err(e) = hooks.after(&s.archive) {
             hooks.on_error(&format!("{e}; the archive {} is kept", s.archive.display()));
             code = exit::FAILED;
+        }
+    }
+    // Encrypted archives keep the hooks' output (a database dump) at rest only encrypted.
+    if !sealed_to.is_empty() {
+        if let Err(e) = backup::hooks::prepare_dir(&hooks.dir) {
+            eprintln!(
+                "gatewayctl: warning: {}: cannot empty it: {e}",
+                hooks.dir.display()
+            );
         }
     }
     if args.json {
@@ -193,6 +237,9 @@ pub fn backup_command(args: BackupArgs) -> i32 {
     }
     code
 }
+
+/// Held while a backup of this host runs (its hooks, its quiesced instances).
+const HOST_LOCK: &str = "/run/gateway-systemd/backup.lock";
 
 /// The `[backup]` hooks of this run, with what they are told.
 struct Hooks {
@@ -302,36 +349,27 @@ fn lock_dir(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, String> {
     }
 }
 
-/// Where an encrypted archive's fingerprint is kept beside it (its manifest cannot be read
-/// without an identity, which the backing-up host need not have).
-const LAST_STATE: &str = ".last-state";
-
-/// What the newest archive a backup kept holds (`LAST_STATE`).
-#[derive(serde::Serialize, serde::Deserialize)]
-struct LastState {
-    archive: String,
-    fingerprint: String,
-}
-
-/// Record what the archive just kept holds, for the next `--if-changed`.
-fn record_state(s: &backup::BackupSummary) -> Result<(), String> {
-    let dir = s.archive.parent().unwrap_or(Path::new("/"));
-    let state = LastState {
-        archive: s
-            .archive
+/// Record what the archive holds, current as of `current_at`.
+fn record_state(
+    archive: &Path,
+    fingerprint: &str,
+    sealed_to: &[String],
+    host: &str,
+    current_at: i64,
+) -> Result<(), String> {
+    let dir = archive.parent().unwrap_or(Path::new("/"));
+    let state = backup::last_state::LastState {
+        archive: archive
             .file_name()
             .unwrap_or_default()
             .to_string_lossy()
             .into_owned(),
-        fingerprint: s.fingerprint.clone(),
+        fingerprint: fingerprint.to_string(),
+        sealed_to: sealed_to.to_vec(),
+        current_at,
     };
-    let path = dir.join(LAST_STATE);
-    install::write_atomic(
-        &path,
-        &serde_json::to_vec(&state).unwrap_or_default(),
-        0o600,
-    )
-    .map_err(|e| format!("{}: {e}", path.display()))
+    backup::last_state::write(dir, host, &state)
+        .map_err(|e| format!("{}: {e}", backup::last_state::path(dir, host).display()))
 }
 
 /// Whether an archive is intact: verified through (with an identity when encrypted), or, for
@@ -349,8 +387,14 @@ fn intact(archive: &Path) -> Result<(), String> {
 }
 
 /// The newest other archive of `host` in `dir`, when the new one (`s`) holds exactly what it
-/// holds and it is intact.
-fn unchanged(s: &backup::BackupSummary, dir: &Path, host: &str) -> Result<Option<PathBuf>, String> {
+/// holds, sealed as it would be (not encrypted, or encrypted to the same recipients:
+/// `sealed_to`, sorted), and it is intact.
+fn unchanged(
+    s: &backup::BackupSummary,
+    dir: &Path,
+    host: &str,
+    sealed_to: &[String],
+) -> Result<Option<PathBuf>, String> {
     let listed =
         backup::drill::list_archives(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let Some(previous) = listed
@@ -360,25 +404,26 @@ fn unchanged(s: &backup::BackupSummary, dir: &Path, host: &str) -> Result<Option
     else {
         return Ok(None);
     };
+    // Encryption added or recipients changed (a key rotated out): the new archive is kept.
+    if backup::is_encrypted(&previous.path) != backup::is_encrypted(&s.archive) {
+        return Ok(None);
+    }
+    let name = previous
+        .path
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy();
+    let recorded = backup::last_state::read(dir, host).filter(|l| l.archive == name);
     let old = match backup::is_encrypted(&previous.path) {
         false => backup::verify::read_manifest_only(&previous.path)
             .map_err(|e| e.to_string())?
             .fingerprint(),
-        true => {
-            let name = previous
-                .path
-                .file_name()
-                .unwrap_or_default()
-                .to_string_lossy();
-            match std::fs::read(dir.join(LAST_STATE))
-                .ok()
-                .and_then(|b| serde_json::from_slice::<LastState>(&b).ok())
-            {
-                Some(last) if last.archive == name => last.fingerprint,
-                // Not the archive the last backup kept: nothing known of what it holds.
-                _ => return Ok(None),
-            }
-        }
+        true => match recorded {
+            Some(last) if last.sealed_to == sealed_to => last.fingerprint,
+            // Not the archive the last backup kept, or sealed to others: what it holds (and
+            // who can read it) is not known to be the same.
+            _ => return Ok(None),
+        },
     };
     // Only an intact previous archive may stand for this state.
     Ok((old == s.fingerprint && intact(&previous.path).is_ok()).then(|| previous.path.clone()))
@@ -902,7 +947,14 @@ pub fn drill_text(r: &backup::drill::DrillReport) -> String {
             }
         }
         if let Some(s) = p.since_newest_archive_seconds {
-            let _ = writeln!(t, "  newest archive  {} ago", span(s));
+            let confirmed = match p.since_newest_state_confirmed_seconds {
+                Some(c) if c < s => format!(
+                    " (still the installation's state {} ago: a backup run found nothing changed)",
+                    span(c)
+                ),
+                _ => String::new(),
+            };
+            let _ = writeln!(t, "  newest archive  {} ago{confirmed}", span(s));
         }
     }
     for n in &r.notes {
@@ -941,6 +993,8 @@ struct ColdInstance {
     /// Its launcher's control socket and lb_rise (the balancers must take it back).
     socket: PathBuf,
     rise: u32,
+    /// The units of the other instances of its group.
+    peers: Vec<String>,
 }
 
 /// `--quiesce` through systemd: each running instance stopped (its `ExecStop=` drains it)
@@ -987,6 +1041,12 @@ impl Quiescer {
                     unit: i.unit(),
                     socket: crate::drain::control_socket(&i.runtime_dir()),
                     rise: i.settings.lb_rise,
+                    peers: inst
+                        .instances
+                        .iter()
+                        .filter(|o| o.group.name == i.group.name && o.unit() != i.unit())
+                        .map(|o| o.unit())
+                        .collect(),
                 },
             ));
         }
@@ -1015,8 +1075,26 @@ impl backup::Quiesce for Quiescer {
             .collect()
     }
 
-    fn stop(&self, name: &str) -> Result<(), String> {
+    fn stop(&self, name: &str) -> Result<bool, String> {
         let c = self.named(name)?;
+        // What runs now, not what ran when the backup began (its hooks may have taken long).
+        let active = |unit: &str| {
+            self.systemd
+                .status(unit)
+                .is_ok_and(|s| s.active_state == "active" && s.status_text.starts_with("serving"))
+        };
+        if !self
+            .systemd
+            .status(&c.unit)
+            .is_ok_and(|s| s.active_state == "active")
+        {
+            eprintln!("quiesce: {}: not running now: copied as it is", c.shown);
+            return Ok(false);
+        }
+        if !c.peers.iter().any(|p| active(p)) {
+            eprintln!("quiesce: {}: no other instance of its group serves now: copied while it serves (stopping it would take the group out of its balancers)", c.shown);
+            return Ok(false);
+        }
         let polled = super::recent_balancers(&c.socket)?;
         self.balancers
             .lock()
@@ -1024,7 +1102,8 @@ impl backup::Quiesce for Quiescer {
             .insert(c.unit.clone(), polled);
         eprintln!("quiesce: {}: draining and stopping", c.shown);
         super::run_job_reported(&self.systemd, crate::systemd::Verb::Stop, &c.unit)
-            .map_err(|_| format!("the stop job of {} failed", c.unit))
+            .map_err(|_| format!("the stop job of {} failed", c.unit))?;
+        Ok(true)
     }
 
     fn start(&self, name: &str) -> Result<(), String> {

@@ -193,8 +193,9 @@ Exit status: 0 written, 1 failed."
         long_about = "Check an archive written by `gatewayctl backup`: decompress everything, hash every file\n\
 against the manifest, check the whole file against ARCHIVE.sha256 beside it, and report every\n\
 difference by path (missing, extra, changed, wrong type, mode, owner or time).\n\n\
+An encrypted archive (.tar.zst.age) is read with --identity FILE (age-keygen's file).\n\n\
 Exit status: 0 intact, 65 damaged (the differences are listed), 66 cannot be read (missing\n\
-file or ARCHIVE.sha256, no permission)."
+file or ARCHIVE.sha256, no permission, an encrypted archive without its identity)."
     )]
     Verify {
         /// The archive (.tar.zst, or .tar.zst.age with --identity).
@@ -277,7 +278,8 @@ was taken and its age, its newest file, the largest gap between consecutive arch
 (what a disaster at the worst moment would lose) and the age of the newest one.\n\n\
 The outcome is also recorded in the journal (MESSAGE_ID 5f0c6a1e2b7d4c0f9a8e3d2c1b0a9f08), so\n\
 scheduled drills (gateway-drill.timer) show recovery times over weeks.\n\n\
-Exit status: 0 every instance recovered, 1 the drill failed (the report says where and why)."
+Exit status: 0 every instance recovered, 1 the drill failed (the report says where and why),\n\
+66 the --identity file cannot be read."
     )]
     Drill {
         /// The archive (.tar.zst); default: the newest in the backup directory.
@@ -805,6 +807,35 @@ pub fn check_config(root: &Root) -> i32 {
             if let Some(o) = config.nodemanager_origins.get(field) {
                 println!("  {field:<22} = {value:<40} # {o} [nodemanager]");
             }
+        }
+    }
+    // A calendar spec systemd cannot parse leaves the timer without a schedule: no backups.
+    for (key, spec) in [
+        ("schedule", &config.backup.schedule),
+        ("drill_schedule", &config.backup.drill_schedule),
+    ] {
+        let Some(spec) = spec else { continue };
+        match std::process::Command::new("systemd-analyze")
+            .args(["calendar", spec.trim()])
+            .output()
+        {
+            Ok(o) if o.status.success() => {
+                let next = String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .find_map(|l| l.trim().strip_prefix("Next elapse: "))
+                    .map(str::to_string)
+                    .unwrap_or_default();
+                println!("[backup] {key} = {spec:?}: next {next}");
+            }
+            Ok(o) => {
+                errors += 1;
+                println!(
+                    "error: [backup] {key} = {spec:?} is not a calendar spec systemd accepts ({}); the timer would have no schedule",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+            }
+            // Without systemd-analyze (a copy of a host's files elsewhere) it cannot be checked.
+            Err(_) => println!("[backup] {key} = {spec:?}: not checked (no systemd-analyze)"),
         }
     }
     if inst.instances.is_empty() {

@@ -296,6 +296,10 @@ pub struct BackupSettings {
     pub hook_timeout: Option<TimeSpan>,
     /// age recipients (`age1...` public keys) the archive is encrypted to; none: not encrypted.
     pub recipients: Option<Vec<String>>,
+    /// When gateway-backup.timer fires (a systemd calendar spec, `OnCalendar=`; default daily).
+    pub schedule: Option<String>,
+    /// When gateway-drill.timer fires, once enabled (default weekly).
+    pub drill_schedule: Option<String>,
 }
 
 /// How long a backup hook may run unless `[backup] hook_timeout` says otherwise.
@@ -322,6 +326,14 @@ impl BackupSettings {
                 *mine = theirs;
             }
         }
+        for (mine, theirs) in [
+            (&mut self.schedule, later.schedule),
+            (&mut self.drill_schedule, later.drill_schedule),
+        ] {
+            if theirs.is_some() {
+                *mine = theirs;
+            }
+        }
         if later.hook_timeout.is_some() {
             self.hook_timeout = later.hook_timeout;
         }
@@ -338,6 +350,18 @@ impl BackupSettings {
     }
 
     fn check(&self) -> Result<(), String> {
+        for (key, spec) in [
+            ("schedule", &self.schedule),
+            ("drill_schedule", &self.drill_schedule),
+        ] {
+            if let Some(spec) = spec {
+                if spec.trim().is_empty() || spec.chars().any(char::is_control) {
+                    return Err(format!(
+                        "{key} {spec:?} is not a calendar spec; write e.g. \"daily\" or \"*-*-* 00/4:00:00\" (`systemd-analyze calendar SPEC` checks one)"
+                    ));
+                }
+            }
+        }
         for r in self.recipients.iter().flatten() {
             if r.trim().parse::<age::x25519::Recipient>().is_err() {
                 return Err(format!(

@@ -263,6 +263,27 @@ pub fn timer_backs_up_when_changed_and_keeps_what_the_policy_says(
         check(log.contains("unchanged since"), || {
             format!("the unchanged run did not say so:\n{log}")
         })?;
+        // The unchanged run confirmed today's archive as the current state, later than it
+        // was taken: a drill's recovery point counts from the run.
+        let record = fs::read_to_string(dir.join(".last-state-gw1.example.com"))?;
+        let record: serde_json::Value = serde_json::from_str(&record)?;
+        let taken = gateway_systemd::backup::drill::parse_stamp(
+            today[0]
+                .trim_start_matches("gw1.example.com-")
+                .trim_end_matches(".tar.zst"),
+        )
+        .unwrap_or(i64::MAX);
+        check(
+            record["archive"] == today[0].as_str()
+                && record["current_at"]
+                    .as_i64()
+                    .is_some_and(|at| at >= taken + 5),
+            || {
+                format!(
+                    "after the unchanged run, the record is {record} (archive taken at {taken})"
+                )
+            },
+        )?;
         // A change: a new archive, and today's older one goes (daily keeps a day's newest).
         fs::write(
             c.root().join("opt/apigateway/conf/certs/server.key"),
@@ -428,7 +449,20 @@ pub fn hooks_dump_a_database_into_the_archive() -> Result<(), Failed> {
 /// running instance of its group is copied while it serves. Sampled every 50 ms inside.
 pub fn quiesce_takes_one_instance_out_at_a_time(c: &Container) -> Result<(), Failed> {
     const SERVER3: &str = "gateway@group1-server3.service";
+    // Each group1 instance leaves a mark in its directory when it stops: found in the
+    // archive, it proves the directory was read after the stop.
+    let marker = "[Service]\nExecStopPost=/bin/sh -c 'date +%%s.%%N > \"$VINSTDIR/stopped-at\"'\n";
+    let dropins: Vec<std::path::PathBuf> = [SERVER1, SERVER3]
+        .iter()
+        .map(|u| c.root().join(format!("etc/systemd/system/{u}.d")))
+        .collect();
+    for d in &dropins {
+        fs::create_dir_all(d)?;
+        fs::write(d.join("90-stop-marker.conf"), marker)?;
+    }
+    c.ok(&["systemctl", "daemon-reload"])?;
     c.ok(&["systemctl", "start", SERVER1, SERVER3, EDGE])?;
+    c.ok(&["sh", "-c", "rm -f /opt/apigateway/groups/*/*/stopped-at"])?;
     let edge_since = c.property(EDGE, "ActiveEnterTimestampMonotonic")?;
     let sampler = c.spawn(&[
         "sh",
@@ -463,6 +497,12 @@ pub fn quiesce_takes_one_instance_out_at_a_time(c: &Container) -> Result<(), Fai
             out.contains("payments-eu/edge node 1: the only running instance of group payments-eu"),
             || format!("the lone instance was not said to be copied warm:\n{out}"),
         )?;
+        // server3 goes out only once server1 is back.
+        let back = out.find("quiesce: group1/server1: copied cold");
+        let next = out.find("quiesce: group1/server3: draining");
+        check(back.is_some() && next > back, || {
+            format!("server3 was stopped before server1 was back:\n{out}")
+        })?;
         let samples = fs::read_to_string(c.root().join("root/samples"))?;
         let rows: Vec<Vec<&str>> = samples
             .lines()
@@ -505,8 +545,23 @@ pub fn quiesce_takes_one_instance_out_at_a_time(c: &Container) -> Result<(), Fai
         );
         check(code == 0, || {
             format!("the quiesced archive: exit {code}\n{verified}")
+        })?;
+        let listed = c.ok(&["sh", "-c", "tar --zstd -tf /root/quiesced/*.tar.zst"])?;
+        let marks = listed
+            .lines()
+            .filter(|l| l.ends_with("/stopped-at"))
+            .count();
+        check(marks == 2, || {
+            format!(
+                "{marks} stop marks in the archive, expected server1's and server3's:\n{listed}"
+            )
         })
     })();
+    for d in &dropins {
+        let _ = fs::remove_dir_all(d);
+    }
+    let _ = c.ok(&["systemctl", "daemon-reload"]);
+    let _ = c.ok(&["sh", "-c", "rm -f /opt/apigateway/groups/*/*/stopped-at"]);
     let _ = c.ok(&["systemctl", "stop", SERVER1, SERVER3, EDGE]);
     let _ = fs::remove_dir_all(c.root().join("root/quiesced"));
     result
