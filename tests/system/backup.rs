@@ -368,7 +368,7 @@ pub fn hooks_dump_a_database_into_the_archive() -> Result<(), Failed> {
         format!("archives after the first backup: {archives:?}\n{out}")
     })?;
     let archive = format!("{backups}/{}", archives[0]);
-    let listed = sh(&c, &format!("tar --zstd -tf {archive}"))?;
+    let listed = tar_list(&c.root().join(archive.trim_start_matches('/')))?;
     check(
         listed
             .lines()
@@ -449,9 +449,10 @@ pub fn hooks_dump_a_database_into_the_archive() -> Result<(), Failed> {
 /// running instance of its group is copied while it serves. Sampled every 50 ms inside.
 pub fn quiesce_takes_one_instance_out_at_a_time(c: &Container) -> Result<(), Failed> {
     const SERVER3: &str = "gateway@group1-server3.service";
-    // Each group1 instance leaves a mark in its directory when it stops: found in the
-    // archive, it proves the directory was read after the stop.
-    let marker = "[Service]\nExecStopPost=/bin/sh -c 'date +%%s.%%N > \"$VINSTDIR/stopped-at\"'\n";
+    // Each group1 instance leaves a mark in its directory when it stops (as root: `+`, the
+    // directory is not the gateway user's here): found in the archive, it proves the
+    // directory was read after the stop.
+    let marker = "[Service]\nExecStopPost=+/bin/sh -c 'date +%%s.%%N > \"$VINSTDIR/stopped-at\"'\n";
     let dropins: Vec<std::path::PathBuf> = [SERVER1, SERVER3]
         .iter()
         .map(|u| c.root().join(format!("etc/systemd/system/{u}.d")))
@@ -529,24 +530,16 @@ pub fn quiesce_takes_one_instance_out_at_a_time(c: &Container) -> Result<(), Fai
                 format!("{unit} is not running after the backup")
             })?;
         }
-        let (code, verified) = ctl(
-            c,
-            &[
-                "verify",
-                &format!("/root/quiesced/{}", {
-                    let names = fs::read_dir(c.root().join("root/quiesced"))?
-                        .flatten()
-                        .map(|e| e.file_name().to_string_lossy().to_string())
-                        .find(|n| n.ends_with(".tar.zst"))
-                        .ok_or("no archive written")?;
-                    names
-                }),
-            ],
-        );
+        let name = fs::read_dir(c.root().join("root/quiesced"))?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .find(|n| n.ends_with(".tar.zst"))
+            .ok_or("no archive written")?;
+        let (code, verified) = ctl(c, &["verify", &format!("/root/quiesced/{name}")]);
         check(code == 0, || {
             format!("the quiesced archive: exit {code}\n{verified}")
         })?;
-        let listed = c.ok(&["sh", "-c", "tar --zstd -tf /root/quiesced/*.tar.zst"])?;
+        let listed = tar_list(&c.root().join("root/quiesced").join(&name))?;
         let marks = listed
             .lines()
             .filter(|l| l.ends_with("/stopped-at"))
@@ -555,7 +548,8 @@ pub fn quiesce_takes_one_instance_out_at_a_time(c: &Container) -> Result<(), Fai
             format!(
                 "{marks} stop marks in the archive, expected server1's and server3's:\n{listed}"
             )
-        })
+        })?;
+        interrupted_quiesce_starts_the_instance_again(c)
     })();
     for d in &dropins {
         let _ = fs::remove_dir_all(d);
@@ -565,4 +559,65 @@ pub fn quiesce_takes_one_instance_out_at_a_time(c: &Container) -> Result<(), Fai
     let _ = c.ok(&["systemctl", "stop", SERVER1, SERVER3, EDGE]);
     let _ = fs::remove_dir_all(c.root().join("root/quiesced"));
     result
+}
+
+/// SIGTERM (`systemctl stop gateway-backup`, say) while an instance is stopped for its cold
+/// copy: the backup ends without an archive or a temporary file, and the instance runs again.
+fn interrupted_quiesce_starts_the_instance_again(c: &Container) -> Result<(), Failed> {
+    use std::io::BufRead;
+    let dir = "/root/interrupted";
+    struct Reaped(std::process::Child);
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut backup = Reaped(c.spawn(&["gatewayctl", "backup", "--quiesce", "--to", dir]));
+    let stderr = backup.0.stderr.take().ok_or("no stderr")?;
+    let mut seen = String::new();
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    for line in lines.by_ref() {
+        let line = line?;
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("group1/server1: draining and stopping") {
+            break;
+        }
+    }
+    c.ok(&["pkill", "-TERM", "-f", "gatewayctl backup --quiesce"])?;
+    for line in lines {
+        seen.push_str(&line?);
+        seen.push('\n');
+    }
+    let status = backup.0.wait()?;
+    check(
+        status.code() == Some(1) && seen.contains("interrupted"),
+        || format!("backup --quiesce, interrupted: {status}\n{seen}"),
+    )?;
+    check(c.property(SERVER1, "ActiveState")? == "active", || {
+        format!("server1 is not running after the interrupted backup:\n{seen}")
+    })?;
+    let left = files_in(c, dir);
+    check(left.iter().all(|n| n == ".lock"), || {
+        format!("the interrupted backup left {left:?}")
+    })
+}
+
+/// The members of an archive, as GNU tar on the host lists them (the Debian 13 root has no
+/// zstd).
+fn tar_list(archive: &Path) -> Result<String, Failed> {
+    let out = Command::new("tar")
+        .arg("--zstd")
+        .arg("-tf")
+        .arg(archive)
+        .output()?;
+    check(out.status.success(), || {
+        format!(
+            "tar -tf {}: {}",
+            archive.display(),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
