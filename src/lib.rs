@@ -4,6 +4,7 @@
 pub mod backup;
 pub mod ctl;
 pub mod demo;
+pub mod docs;
 pub mod drain;
 pub mod generator;
 pub mod initd;

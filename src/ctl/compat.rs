@@ -52,7 +52,8 @@ pub struct StartInstance {
 pub const STARTINSTANCE_USAGE: &str =
     "usage: startinstance [[-n instance-name -g group-name [instance-args]] | [directory-location [instance-args]]]";
 
-const STARTINSTANCE_HELP: &str = "\
+/// What `startinstance --help` says after its usage line.
+pub const STARTINSTANCE_HELP: &str = "\
 Starts, stops or tests an API Gateway instance of this host, through systemd
 (gateway@<group>-<instance>.service), the way the vendor's startinstance did.
 

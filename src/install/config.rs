@@ -633,6 +633,69 @@ mod tests {
         assert!(problems[0].to_string().contains("soon"), "{}", problems[0]);
     }
 
+    /// The package's commented /etc/gateway-systemd/gateway.toml: as shipped it parses; with
+    /// every `#key = value` line uncommented it still parses, names every setting, and each
+    /// default it states is the built-in one.
+    #[test]
+    fn the_packaged_config_shows_every_setting_with_its_default() {
+        let shipped = include_str!("../../packaging/gateway.toml");
+        let mut c = Config::default();
+        let problems = c.merge_file(shipped, Path::new("gateway.toml")).unwrap();
+        assert!(problems.is_empty(), "{problems:?}");
+        let all: String = shipped
+            .lines()
+            .map(|l| match l.strip_prefix('#') {
+                Some(rest) if rest.starts_with(|ch: char| ch.is_ascii_lowercase() || ch == '[') => {
+                    format!("{rest}\n")
+                }
+                _ => format!("{l}\n"),
+            })
+            .collect();
+        let mut c = Config::default();
+        let problems = c.merge_file(&all, Path::new("gateway.toml")).unwrap();
+        assert!(problems.is_empty(), "{problems:?}");
+        let shown: BTreeMap<&str, String> = c.defaults.set_fields().into_iter().collect();
+        for field in SettingsPatch::FIELDS {
+            assert!(shown.contains_key(field), "[defaults] {field} is not shown");
+        }
+        for (field, value) in crate::install::builtin_defaults().set_fields() {
+            assert_eq!(shown[field], value, "[defaults] {field}");
+        }
+        // Every [backup] key (this literal stops compiling when one is added).
+        let BackupSettings {
+            dir,
+            extra_roots,
+            keep_last,
+            keep_daily,
+            keep_weekly,
+            keep_monthly,
+            before,
+            after,
+            on_error,
+            hook_timeout,
+            recipients,
+            schedule,
+            drill_schedule,
+        } = c.backup.clone();
+        assert_eq!(dir.as_deref(), Some(Path::new(DEFAULT_BACKUP_DIR)));
+        assert_eq!(hook_timeout, Some(DEFAULT_HOOK_TIMEOUT));
+        assert_eq!(schedule.as_deref(), Some("daily"));
+        assert_eq!(drill_schedule.as_deref(), Some("weekly"));
+        for set in [
+            extra_roots.is_some(),
+            keep_last.is_some(),
+            keep_daily.is_some(),
+            keep_weekly.is_some(),
+            keep_monthly.is_some(),
+            before.is_some(),
+            after.is_some(),
+            on_error.is_some(),
+            recipients.is_some(),
+        ] {
+            assert!(set, "a [backup] key is not shown: {:?}", c.backup);
+        }
+    }
+
     #[test]
     fn backup_hooks_and_recipients_overlay_and_bad_keys_are_named() {
         let key = age::x25519::Identity::generate().to_public().to_string();
