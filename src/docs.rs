@@ -83,14 +83,15 @@ pub fn generator_command() -> Command {
         .arg(Arg::new("late").value_name("LATE_DIR").help("Unused"))
 }
 
-/// Every installed binary's definition, with its man section.
-pub fn commands() -> Vec<(Command, &'static str)> {
+/// Every installed binary's definition, with its man section and whether an operator types
+/// it (and so gets shell completions): systemd runs the launcher and the generator.
+pub fn commands() -> Vec<(Command, &'static str, bool)> {
     vec![
-        (crate::ctl::Cli::command().name("gatewayctl"), "8"),
-        (startinstance_command(), "8"),
-        (nodemanager_command(), "8"),
-        (launch_command(), "8"),
-        (generator_command(), "8"),
+        (crate::ctl::Cli::command().name("gatewayctl"), "8", true),
+        (startinstance_command(), "8", true),
+        (nodemanager_command(), "8", true),
+        (launch_command(), "8", false),
+        (generator_command(), "8", false),
     ]
 }
 
@@ -197,7 +198,7 @@ pub fn generate(out: &Path) -> io::Result<Vec<PathBuf>> {
         written.push(path);
         Ok(())
     };
-    for (cmd, section) in commands() {
+    for (cmd, section, typed) in commands() {
         let name = cmd.get_name().to_string();
         let mut page = Vec::new();
         clap_mangen::Man::new(cmd.clone())
@@ -218,10 +219,10 @@ pub fn generate(out: &Path) -> io::Result<Vec<PathBuf>> {
                 .render(&mut page)?;
             put(format!("man/{sub_name}.{section}"), page)?;
         }
-        for (shell, place) in SHELLS {
+        for (shell, place) in SHELLS.iter().filter(|_| typed) {
             let mut cmd = cmd.clone();
             let mut script = Vec::new();
-            clap_complete::generate(shell, &mut cmd, name.clone(), &mut script);
+            clap_complete::generate(*shell, &mut cmd, name.clone(), &mut script);
             put(
                 format!("completions/{}", place.replace("{}", &name)),
                 script,
@@ -239,7 +240,7 @@ mod tests {
 
     #[test]
     fn every_command_definition_is_consistent() {
-        for (cmd, _) in commands() {
+        for (cmd, _, _) in commands() {
             cmd.debug_assert();
         }
     }

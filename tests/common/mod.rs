@@ -79,7 +79,57 @@ pub fn bins() -> Vec<(&'static str, PathBuf)> {
     ]
 }
 
-/// Install the package's files into `root` as `packaging/layout` says.
+/// What `gateway-docs` writes (man pages, completions), generated once per test binary.
+fn docs_dir() -> Result<&'static Path, String> {
+    static DOCS: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    DOCS.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("gateway-docs.{}", std::process::id()));
+        gateway_systemd::docs::generate(&dir)
+            .map(|_| dir)
+            .map_err(|e| format!("gateway-docs: {e}"))
+    })
+    .as_ref()
+    .map(PathBuf::as_path)
+    .map_err(Clone::clone)
+}
+
+/// The files a layout source names: a binary, generated docs (a glob), or a repository file.
+fn layout_sources(source: &str, bins: &[(&str, PathBuf)]) -> Result<Vec<PathBuf>, String> {
+    if let Some(name) = source.strip_prefix("bin:") {
+        return bins
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, p)| vec![p.clone()])
+            .ok_or_else(|| {
+                format!("packaging/layout names binary {name}, which the tests do not know")
+            });
+    }
+    let Some(glob) = source.strip_prefix("doc:") else {
+        return Ok(vec![repo().join(source)]);
+    };
+    // `dir/*.8` or `dir/*`: the only globs the layout uses.
+    let (dir, pattern) = glob.rsplit_once('/').unwrap_or(("", glob));
+    let suffix = pattern.strip_prefix('*').unwrap_or(pattern);
+    let dir = docs_dir()?.join(dir);
+    let mut found: Vec<PathBuf> = fs::read_dir(&dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().ends_with(suffix))
+        })
+        .collect();
+    found.sort();
+    match found.is_empty() {
+        true => Err(format!("packaging/layout: nothing matches doc:{glob}")),
+        false => Ok(found),
+    }
+}
+
+/// Install the package's files (both packages: the product and the demo gateway) into `root`
+/// as `packaging/layout` says, as packaging/install does.
 pub fn install_package(root: &Path) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
     let layout = fs::read_to_string(repo().join("packaging/layout"))
@@ -91,31 +141,29 @@ pub fn install_package(root: &Path) -> Result<(), String> {
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
     {
         let fields: Vec<&str> = line.split_whitespace().collect();
-        let [source, dest, mode] = fields[..] else {
+        let [source, dest, mode, _package] = fields[..] else {
             return Err(format!("packaging/layout: bad line {line:?}"));
         };
-        let from = match source.strip_prefix("bin:") {
-            Some(name) => bins
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, p)| p.clone())
-                .ok_or_else(|| {
-                    format!("packaging/layout names binary {name}, which the tests do not know")
-                })?,
-            None => repo().join(source),
-        };
-        let to = root.join(dest.trim_start_matches('/'));
-        fs::create_dir_all(to.parent().unwrap()).map_err(|e| e.to_string())?;
-        let _ = fs::remove_file(&to);
-        // Binaries are large and copied per test case: link them when the filesystem allows.
-        let linked = source.starts_with("bin:") && fs::hard_link(&from, &to).is_ok();
-        if !linked {
-            fs::copy(&from, &to)
-                .map_err(|e| format!("{} -> {}: {e}", from.display(), to.display()))?;
-        }
         let mode =
             u32::from_str_radix(mode, 8).map_err(|e| format!("packaging/layout: {mode}: {e}"))?;
-        fs::set_permissions(&to, fs::Permissions::from_mode(mode)).map_err(|e| e.to_string())?;
+        for from in layout_sources(source, &bins)? {
+            let to = match dest.ends_with('/') {
+                true => root
+                    .join(dest.trim_start_matches('/'))
+                    .join(from.file_name().unwrap_or_default()),
+                false => root.join(dest.trim_start_matches('/')),
+            };
+            fs::create_dir_all(to.parent().unwrap()).map_err(|e| e.to_string())?;
+            let _ = fs::remove_file(&to);
+            // Binaries are large and copied per test case: link them when the filesystem allows.
+            let linked = source.starts_with("bin:") && fs::hard_link(&from, &to).is_ok();
+            if !linked {
+                fs::copy(&from, &to)
+                    .map_err(|e| format!("{} -> {}: {e}", from.display(), to.display()))?;
+            }
+            fs::set_permissions(&to, fs::Permissions::from_mode(mode))
+                .map_err(|e| e.to_string())?;
+        }
     }
     apply_preset(root)
 }
