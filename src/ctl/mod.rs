@@ -85,8 +85,11 @@ pub enum Command {
         /// stdout; progress goes to stderr.
         #[arg(long)]
         json: bool,
+        /// Every instance that runs now (what a package upgrade restarts), instead of targets.
+        #[arg(long, conflicts_with = "targets")]
+        running: bool,
         /// Groups (every local instance of the group) or instances.
-        #[arg(required = true)]
+        #[arg(required_unless_present = "running")]
         targets: Vec<String>,
     },
     /// Start instances with gateway.target (at boot) from now on, whatever the config says
@@ -709,8 +712,25 @@ pub fn main(cli: Cli) -> i32 {
             targets,
             no_lb_wait,
             json,
-        } => rolling_targets(&scope, targets)
-            .map(|c| rolling_restart(&systemd, &scope, &c, *no_lb_wait, *json)),
+            running,
+        } => match running {
+            true => scope.all().map(|all| {
+                let active: Vec<Named> = all
+                    .into_iter()
+                    .filter(|i| {
+                        systemd
+                            .status(&i.unit)
+                            .is_ok_and(|s| s.active_state == "active")
+                    })
+                    .collect();
+                if active.is_empty() {
+                    eprintln!("gatewayctl: no instance runs: nothing to restart");
+                }
+                rolling_restart(&systemd, &scope, &active, *no_lb_wait, *json)
+            }),
+            false => rolling_targets(&scope, targets)
+                .map(|c| rolling_restart(&systemd, &scope, &c, *no_lb_wait, *json)),
+        },
         Command::Enable { instances } => {
             resolve(instances).map(|c| enable(&systemd, &inst, &c, true))
         }
