@@ -275,9 +275,7 @@ pub fn timer_backs_up_when_changed_and_keeps_what_the_policy_says(
         .unwrap_or(i64::MAX);
         check(
             record["archive"] == today[0].as_str()
-                && record["current_at"]
-                    .as_i64()
-                    .is_some_and(|at| at > taken),
+                && record["current_at"].as_i64().is_some_and(|at| at > taken),
             || {
                 format!(
                     "after the unchanged run, the record is {record} (archive taken at {taken})"

@@ -58,6 +58,8 @@ pub enum Restart {
     Rolling,
     /// `systemctl restart` of the instances, all in one command (the units take turns).
     Systemctl,
+    /// A shell command that restarts what it restarts (a package upgrade).
+    Command(&'static str),
 }
 
 /// One scenario: our settings, HAProxy's, how and how often the instances are restarted.
@@ -330,6 +332,7 @@ pub fn run(
                             cmd.extend(s.instances.iter().map(|&k| SERVERS[k].1));
                             c.exec(&cmd)
                         }
+                        Restart::Command(script) => c.exec(&["sh", "-c", script]),
                     };
                     outcome.pass_seconds.push(started.elapsed().as_secs_f64());
                     outcome.restart_output.push_str(&format!(

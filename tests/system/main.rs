@@ -13,6 +13,7 @@ mod harness;
 mod launcher;
 mod load;
 mod migrate;
+mod packages;
 
 use common::install_package;
 use harness::{install_domain, Container};
@@ -459,6 +460,20 @@ fn main() {
             backup::hooks_dump_a_database_into_the_archive,
         )
         .with_ignored_flag(missing.is_some()),
+    );
+    // The packages are built by .ci/run (packaging/build-deb); without them the test is
+    // skipped on a workstation, and fails under CI.
+    let no_debs = packages::debs().err();
+    if let (Some(why), true) = (&no_debs, ci) {
+        eprintln!("system tests cannot run: {why}; with CI=true that is a failure");
+        std::process::exit(1);
+    }
+    trials.push(
+        Trial::test(
+            "packages::deb_install_upgrade_remove_purge",
+            packages::deb_install_upgrade_remove_purge,
+        )
+        .with_ignored_flag(missing.is_some() || no_debs.is_some()),
     );
     trials.push(
         Trial::test(
