@@ -274,7 +274,7 @@ pub fn deb_install_upgrade_remove_purge() -> Result<(), Failed> {
         "-o",
         "cat",
     ])?;
-    check(log.to_lowercase().contains("drain"), || {
+    check(log.contains("drained after"), || {
         format!("server1 was not drained when the package was removed:\n{log}")
     })?;
 
