@@ -119,15 +119,13 @@ pub struct HookRun {
 /// Empty [`HOOK_DIR`] (under `real_dir`, the real path) and make it 0700: nothing a previous
 /// run left is taken as this run's output.
 pub fn prepare_dir(real_dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    use std::os::unix::fs::PermissionsExt;
     match std::fs::remove_dir_all(real_dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(real_dir)?;
+    prepare_dir_if_missing(real_dir)?;
+    // The umask may have narrowed the mode it was made with; 0700 either way.
     std::fs::set_permissions(real_dir, std::fs::Permissions::from_mode(0o700))
 }
 

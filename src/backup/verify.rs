@@ -386,11 +386,10 @@ pub fn check_sidecar(archive: &Path) -> Result<(), super::BackupError> {
             detail: p.join("; "),
         },
     })?;
-    let mut file =
-        fs::File::open(archive).map_err(super::BackupError::io("cannot read", archive))?;
-    let mut h = Sha256::new();
-    io::copy(&mut file, &mut h).map_err(super::BackupError::io("cannot read", archive))?;
-    match manifest::hex(&h.finalize()) == want {
+    let hash = fs::File::open(archive)
+        .and_then(|f| super::write::hash_file(&f))
+        .map_err(super::BackupError::io("cannot read", archive))?;
+    match manifest::hex(&hash) == want {
         true => Ok(()),
         false => Err(super::BackupError::Damaged {
             archive: archive.to_path_buf(),

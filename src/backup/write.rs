@@ -748,7 +748,7 @@ fn create_archive_file(archive: &Path) -> io::Result<(PathBuf, fs::File)> {
 }
 
 /// sha256 of a whole file, read from its start.
-fn hash_file(file: &fs::File) -> io::Result<[u8; 32]> {
+pub(crate) fn hash_file(file: &fs::File) -> io::Result<[u8; 32]> {
     use std::os::unix::fs::FileExt;
     let mut hash = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -828,9 +828,10 @@ fn take_all(
         match walked {
             Walked::Entry(f) => take_one(root, f, names, &mut tar, &mut t, bar)?,
             Walked::Cold(f, name) => {
-                let stopped = match quiesce {
+                // Started again however its copy ends (an error, an interrupt).
+                let restart = match quiesce {
                     Some(q) => match q.stop(&name) {
-                        Ok(stopped) => stopped,
+                        Ok(stopped) => StartAgain(stopped.then_some((q, name.as_str()))),
                         Err(why) => {
                             // A stop job that failed may still have stopped it.
                             let back = q.start(&name).err().map_or(String::new(), |e| {
@@ -841,10 +842,8 @@ fn take_all(
                             )));
                         }
                     },
-                    None => false,
+                    None => StartAgain(None),
                 };
-                // Started again however its copy ends (an error, an interrupt).
-                let restart = StartAgain(stopped.then_some((quiesce, name.as_str())));
                 let mut cold = Vec::new();
                 let mut collect = |f: Found| {
                     cold.push(f);
@@ -871,20 +870,17 @@ fn take_all(
 
 /// An instance stopped for its cold copy, started again when this goes (its copy failed) or
 /// when told to ([`StartAgain::now`]).
-struct StartAgain<'a>(Option<(Option<&'a dyn Quiesce>, &'a str)>);
+struct StartAgain<'a>(Option<(&'a dyn Quiesce, &'a str)>);
 
 impl StartAgain<'_> {
     fn now(mut self) -> Result<(), String> {
-        match self.0.take() {
-            Some((Some(q), name)) => q.start(name),
-            _ => Ok(()),
-        }
+        self.0.take().map_or(Ok(()), |(q, name)| q.start(name))
     }
 }
 
 impl Drop for StartAgain<'_> {
     fn drop(&mut self) {
-        if let Some((Some(q), name)) = self.0.take() {
+        if let Some((q, name)) = self.0.take() {
             if let Err(e) = q.start(name) {
                 eprintln!("gatewayctl: --quiesce: {name} was stopped for its copy and did not come back: {e}");
             }
@@ -1227,8 +1223,8 @@ pub fn backup(
             )
             .and_then(|w| w.into_inner().map_err(|e| e.into_error()).map(|_| ()));
             written.map_err(BackupError::io("cannot write", &sealed_tmp))?;
+            // Its file has no name: closing it frees it.
             drop(plain);
-            let _ = fs::remove_file(&plain_tmp);
             (sealed_tmp, sealed)
         }
     };
@@ -1384,14 +1380,17 @@ mod tests {
         let archive = dir.path().join("a.tar.zst");
         // Room to spare: the frame, a skippable frame over the rest, the body untouched.
         let room = frame.len() as u64 + 100;
-        let (path, file) = place_manifest(
-            &archive,
-            body_at(dir.path(), room, &body),
-            room,
-            &frame,
-            false,
-        )
-        .unwrap();
+        let place = |room: u64| {
+            place_manifest(
+                &archive,
+                body_at(dir.path(), room, &body),
+                room,
+                &frame,
+                false,
+            )
+            .unwrap()
+        };
+        let (path, file) = place(room);
         assert_eq!(path, dir.path().join("body"), "written in place");
         drop(file);
         let bytes = fs::read(&path).unwrap();
@@ -1406,14 +1405,7 @@ mod tests {
             (frame.len() as u64 + 8, false),
             (frame.len() as u64 + 7, true),
         ] {
-            let (path, file) = place_manifest(
-                &archive,
-                body_at(dir.path(), room, &body),
-                room,
-                &frame,
-                false,
-            )
-            .unwrap();
+            let (path, file) = place(room);
             drop(file);
             assert_eq!(path != dir.path().join("body"), moved, "room {room}");
             assert_eq!(

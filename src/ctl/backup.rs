@@ -413,12 +413,12 @@ fn unchanged(
         .file_name()
         .unwrap_or_default()
         .to_string_lossy();
-    let recorded = backup::last_state::read(dir, host).filter(|l| l.archive == name);
     let old = match backup::is_encrypted(&previous.path) {
         false => backup::verify::read_manifest_only(&previous.path)
             .map_err(|e| e.to_string())?
             .fingerprint(),
-        true => match recorded {
+        // What an encrypted archive holds is known from the record only.
+        true => match backup::last_state::read(dir, host).filter(|l| l.archive == name) {
             Some(last) if last.sealed_to == sealed_to => last.fingerprint,
             // Not the archive the last backup kept, or sealed to others: what it holds (and
             // who can read it) is not known to be the same.
