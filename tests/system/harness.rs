@@ -87,6 +87,13 @@ pub fn missing_prerequisite() -> Option<String> {
             lower.display()
         ));
     }
+    // The .rpm packages are installed, upgraded and erased with rpm.
+    if !lower.join("usr/bin/rpm").exists() {
+        return Some(format!(
+            "rpm is not installed in {} (apt-get install rpm)",
+            lower.display()
+        ));
+    }
     // Drills are tested with archives taken in the past.
     if Command::new("faketime")
         .arg("--version")

@@ -461,10 +461,10 @@ fn main() {
         )
         .with_ignored_flag(missing.is_some()),
     );
-    // The packages are built by .ci/run (packaging/build-deb); without them the test is
-    // skipped on a workstation, and fails under CI.
-    let no_debs = packages::debs().err();
-    if let (Some(why), true) = (&no_debs, ci) {
+    // The packages are built by .ci/run (packaging/build-deb, packaging/build-rpm); without
+    // them the tests are skipped on a workstation, and fail under CI.
+    let no_packages = packages::packages().err();
+    if let (Some(why), true) = (&no_packages, ci) {
         eprintln!("system tests cannot run: {why}; with CI=true that is a failure");
         std::process::exit(1);
     }
@@ -473,7 +473,14 @@ fn main() {
             "packages::deb_install_upgrade_remove_purge",
             packages::deb_install_upgrade_remove_purge,
         )
-        .with_ignored_flag(missing.is_some() || no_debs.is_some()),
+        .with_ignored_flag(missing.is_some() || no_packages.is_some()),
+    );
+    trials.push(
+        Trial::test(
+            "packages::rpm_install_upgrade_erase",
+            packages::rpm_install_upgrade_erase,
+        )
+        .with_ignored_flag(missing.is_some() || no_packages.is_some()),
     );
     trials.push(
         Trial::test(

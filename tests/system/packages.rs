@@ -1,7 +1,8 @@
-//! The .deb packages on a host with the vendor's installation, under real systemd: install,
-//! boot, start and stop, upgrade with traffic flowing through HAProxy, a changed conffile kept,
-//! remove, purge. The packages come from `packaging/build-deb` (`GATEWAY_TEST_DEBS` names the
-//! directory; .ci/run builds them first).
+//! The .deb and .rpm packages on a host with the vendor's installation, under real systemd:
+//! install, boot, start and stop, upgrade with traffic flowing through HAProxy, a changed
+//! conffile kept, remove (and purge). The packages come from `packaging/build-deb` and
+//! `packaging/build-rpm` (`GATEWAY_TEST_PACKAGES` names the directory; .ci/run builds them
+//! first, and the next version's .rpm files into its `upgrade/`).
 
 use crate::harness::{install_domain, Container};
 use crate::load::{self, Restart, Scenario, HAPROXY_DEFAULT};
@@ -13,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-/// Where the tests find the .deb files.
-pub const DEBS_ENV: &str = "GATEWAY_TEST_DEBS";
+/// Where the tests find the packages.
+pub const PACKAGES_ENV: &str = "GATEWAY_TEST_PACKAGES";
 
 fn check(cond: bool, what: impl FnOnce() -> String) -> Result<(), Failed> {
     match cond {
@@ -23,24 +24,50 @@ fn check(cond: bool, what: impl FnOnce() -> String) -> Result<(), Failed> {
     }
 }
 
-/// The product and demo packages in `GATEWAY_TEST_DEBS`.
-pub fn debs() -> Result<(PathBuf, PathBuf), String> {
-    let dir = std::env::var_os(DEBS_ENV).ok_or_else(|| {
-        format!("{DEBS_ENV} is not set: build the packages with packaging/build-deb DIR and set {DEBS_ENV}=DIR")
+/// The packages the tests install: product and demo, of each format.
+pub struct Packages {
+    /// gateway-systemd and gateway-systemd-demo .deb files.
+    pub debs: (PathBuf, PathBuf),
+    /// gateway-systemd and gateway-systemd-demo .rpm files.
+    pub rpms: (PathBuf, PathBuf),
+    /// The same, built as the next version (packaging/build-rpm --version).
+    pub rpm_upgrade: (PathBuf, PathBuf),
+}
+
+/// The packages in `GATEWAY_TEST_PACKAGES`, or what is missing.
+pub fn packages() -> Result<Packages, String> {
+    let dir = std::env::var_os(PACKAGES_ENV).ok_or_else(|| {
+        format!("{PACKAGES_ENV} is not set: build the packages with packaging/build-deb DIR, packaging/build-rpm DIR and packaging/build-rpm --version 0.1.1 DIR/upgrade, and set {PACKAGES_ENV}=DIR")
     })?;
-    let find = |prefix: &str| -> Result<PathBuf, String> {
-        fs::read_dir(&dir)
-            .map_err(|e| format!("{}: {e}", Path::new(&dir).display()))?
+    let dir = PathBuf::from(dir);
+    let find = |dir: &Path, prefix: &str, suffix: &str| -> Result<PathBuf, String> {
+        fs::read_dir(dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?
             .filter_map(Result::ok)
             .map(|e| e.path())
             .find(|p| {
                 p.file_name().is_some_and(|n| {
-                    n.to_string_lossy().starts_with(prefix) && n.to_string_lossy().ends_with(".deb")
+                    let n = n.to_string_lossy();
+                    n.starts_with(prefix) && n.ends_with(suffix)
                 })
             })
-            .ok_or_else(|| format!("no {prefix}*.deb in {}", Path::new(&dir).display()))
+            .ok_or_else(|| format!("no {prefix}*{suffix} in {}", dir.display()))
     };
-    Ok((find("gateway-systemd_")?, find("gateway-systemd-demo_")?))
+    let upgrade = dir.join("upgrade");
+    Ok(Packages {
+        debs: (
+            find(&dir, "gateway-systemd_", ".deb")?,
+            find(&dir, "gateway-systemd-demo_", ".deb")?,
+        ),
+        rpms: (
+            find(&dir, "gateway-systemd-0.1.0-", ".rpm")?,
+            find(&dir, "gateway-systemd-demo-0.1.0-", ".rpm")?,
+        ),
+        rpm_upgrade: (
+            find(&upgrade, "gateway-systemd-0.1.1-", ".rpm")?,
+            find(&upgrade, "gateway-systemd-demo-0.1.1-", ".rpm")?,
+        ),
+    })
 }
 
 /// Repack `deb` as version `version`, its conffile with one more comment line: a rebuilt
@@ -88,22 +115,23 @@ fn repack(deb: &Path, version: &str, out: &Path) -> Result<PathBuf, Failed> {
 }
 
 /// Every path of the container's root filesystem, but the ones that change by themselves
-/// (journals, caches, dpkg's and systemd's own state).
+/// (journals, caches, dpkg's, rpm's and systemd's own state).
 fn file_list(c: &Container) -> Result<Vec<String>, Failed> {
     let out = c.ok(&[
         "sh",
         "-c",
         "find / -xdev \\( -path /proc -o -path /sys -o -path /dev -o -path /run -o -path /tmp \
          -o -path /var/tmp -o -path /var/log -o -path /var/cache -o -path /var/lib/dpkg \
-         -o -path /var/lib/systemd -o -path /var/lib/apt -o -path /root \\) -prune -o -print",
+         -o -path /var/lib/systemd -o -path /var/lib/apt -o -path /var/lib/rpm \
+         -o -path /usr/lib/sysimage/rpm -o -path /root \\) -prune -o -print",
     ])?;
     let mut paths: Vec<String> = out.lines().map(str::to_string).collect();
     paths.sort();
     Ok(paths)
 }
 
-/// What purge may leave: the backups (said so), and the gateway account (Debian leaves
-/// system users in place).
+/// What purge (or rpm's erase) may leave: the backups (said so), and the gateway account
+/// (Debian and Fedora leave system users in place).
 fn allowed_after_purge(path: &str) -> bool {
     path == "/var/lib/gateway-systemd"
         || path.starts_with("/var/lib/gateway-systemd/backups")
@@ -121,31 +149,28 @@ fn allowed_after_purge(path: &str) -> bool {
 }
 
 /// The upgrade under load: HAProxy in front of group1's three instances, wrk through it, the
-/// upgrade (dpkg, its conffile prompt answered by policy: keep the local file) as the pass.
-fn upgrade_scenario() -> Scenario {
+/// upgrade command (dpkg or rpm) as the pass.
+fn upgrade_scenario(command: &'static str) -> Scenario {
     Scenario {
         name: "package upgrade",
         config: "[defaults]\nstart_command = [\"/usr/libexec/gateway-systemd/gateway-demo\", \"--stop-grace\", \"0s\"]\ndrain_mode = \"adaptive\"\ndrain_delay = \"10s\"\n",
         checks: HAPROXY_DEFAULT,
-        restart: Restart::Command(
-            "dpkg --force-confold -i /root/upgrade/gateway-systemd_0.1.1_amd64.deb /root/upgrade/gateway-systemd-demo_0.1.1_amd64.deb",
-        ),
+        restart: Restart::Command(command),
         instances: &[0, 1, 2],
         passes: 1,
         long_every: 5000,
     }
 }
 
-pub fn deb_install_upgrade_remove_purge() -> Result<(), Failed> {
-    let (product, demo) = debs()?;
-    let work = tempfile::tempdir()?;
-    let upgrade = [
-        repack(&product, "0.1.1", work.path())?,
-        repack(&demo, "0.1.1", work.path())?,
-    ];
-    let mut c = Container::boot(|root| {
+/// A container with the demo installation (the operator's settings as a drop-in: the package
+/// brings gateway.toml) and `files` copied to /root/NAME (`(file, "")`) or /root/DIR/NAME.
+fn boot_host(files: &[(&Path, &str)]) -> Result<Container, Failed> {
+    let files: Vec<(PathBuf, String)> = files
+        .iter()
+        .map(|(f, d)| (f.to_path_buf(), d.to_string()))
+        .collect();
+    let c = Container::boot(move |root| {
         install_domain(root, &crate::common::repo().join("demo/domain"))?;
-        // The operator's settings as a drop-in: the package brings gateway.toml.
         let etc = root.join("etc/gateway-systemd");
         fs::create_dir_all(etc.join("gateway.toml.d")).map_err(|e| e.to_string())?;
         fs::rename(
@@ -154,24 +179,21 @@ pub fn deb_install_upgrade_remove_purge() -> Result<(), Failed> {
         )
         .map_err(|e| e.to_string())?;
         fs::write(root.join("etc/hostname"), "gw1.example.com\n").map_err(|e| e.to_string())?;
-        let upgrade_dir = root.join("root/upgrade");
-        fs::create_dir_all(&upgrade_dir).map_err(|e| e.to_string())?;
-        for f in [&product, &demo] {
-            fs::copy(f, root.join("root").join(f.file_name().unwrap()))
-                .map_err(|e| e.to_string())?;
-        }
-        for f in &upgrade {
-            fs::copy(f, upgrade_dir.join(f.file_name().unwrap())).map_err(|e| e.to_string())?;
+        for (f, dir) in &files {
+            let to = root.join("root").join(dir);
+            fs::create_dir_all(&to).map_err(|e| e.to_string())?;
+            fs::copy(f, to.join(f.file_name().unwrap())).map_err(|e| e.to_string())?;
         }
         Ok(())
     })?;
     c.wait_until_running(Duration::from_secs(60), "the first boot")?;
-    let before = file_list(&c)?;
+    Ok(c)
+}
 
-    // Install: the account, the state directories, gateway.target and the backup timer
-    // enabled (the drill timer not), nothing started yet.
-    let deb = |p: &Path| format!("/root/{}", p.file_name().unwrap().to_string_lossy());
-    c.ok(&["dpkg", "-i", &deb(&product), &deb(&demo)])?;
+/// What an install must have done: the account, the state directories, gateway.target and
+/// the backup timer enabled (the drill timer not), nothing started yet; man pages and
+/// completions that load.
+fn check_installed(c: &Container, zsh_dir: &str) -> Result<(), Failed> {
     c.ok(&["id", "gateway"])?;
     let mode = c.ok(&["stat", "-c", "%a %U", "/var/lib/gateway-systemd/backups"])?;
     check(mode.trim() == "700 root", || {
@@ -191,33 +213,32 @@ pub fn deb_install_upgrade_remove_purge() -> Result<(), Failed> {
         c.property(crate::SERVER1, "ActiveState")? != "active",
         || "the install started an instance (one may still run from its init script)".into(),
     )?;
-    // The man page renders, each shell's completion loads.
-    man_and_completions(&c)?;
+    man_and_completions(c, zsh_dir)
+}
 
-    // A boot starts the autostart instances.
+/// A boot starts the autostart instances; gatewayctl starts and stops another.
+fn boot_starts_the_instances(c: &mut Container) -> Result<(), Failed> {
     c.reboot()?;
     for unit in [crate::SERVER1, crate::EDGE, crate::NODE_MANAGER] {
         check(c.property(unit, "ActiveState")? == "active", || {
             format!("{unit} is not running after a boot with the package")
         })?;
     }
-    let (code, out) = ctl(&c, &["start", "group1/server2"]);
+    let (code, out) = ctl(c, &["start", "group1/server2"]);
     check(code == 0, || format!("gatewayctl start: {out}"))?;
-    let (code, out) = ctl(&c, &["stop", "group1/server2"]);
+    let (code, out) = ctl(c, &["stop", "group1/server2"]);
     check(
         code == 0 && c.property(crate::SERVER2, "ActiveState")? == "inactive",
         || format!("gatewayctl stop: {out}"),
-    )?;
+    )
+}
 
-    // The operator's change to the conffile survives an upgrade that changes it too.
-    let conf = c.root().join("etc/gateway-systemd/gateway.toml");
-    let mut text = fs::read_to_string(&conf)?;
-    text.push_str("# the operator's own line\n");
-    fs::write(&conf, &text)?;
-
-    // The upgrade, with wrk's requests flowing through HAProxy: nothing fails, never more
-    // than one server out.
-    let o = load::run(&c, &upgrade_scenario(), 16, 0);
+/// The upgrade (`command`), with wrk's requests flowing through HAProxy: nothing fails,
+/// never more than one server out; an instance running beside the load's (edge node 1) is
+/// restarted too (a new main process), and no unit is left with stale unit files.
+fn upgrade_under_load(c: &Container, command: &'static str) -> Result<(), Failed> {
+    let edge_pid = c.property(crate::EDGE, "MainPID")?;
+    let o = load::run(c, &upgrade_scenario(command), 16, 0);
     let _ = fs::remove_file(c.root().join("etc/haproxy/load.cfg"));
     let o = o?;
     println!(
@@ -241,26 +262,41 @@ pub fn deb_install_upgrade_remove_purge() -> Result<(), Failed> {
     check(o.restart_output.contains("serving again"), || {
         format!("the upgrade restarted no instance:\n{}", o.restart_output)
     })?;
-    let version = c.ok(&["dpkg-query", "-W", "-f=${Version}", "gateway-systemd"])?;
-    check(version == "0.1.1", || {
-        format!("installed version {version}")
+    let (state, pid) = (
+        c.property(crate::EDGE, "ActiveState")?,
+        c.property(crate::EDGE, "MainPID")?,
+    );
+    check(state == "active" && pid != edge_pid, || {
+        format!(
+            "edge node 1 after the upgrade: {state}, main process {pid} (before: {edge_pid})\n{}",
+            o.restart_output
+        )
     })?;
-    let kept = fs::read_to_string(&conf)?;
-    check(
-        kept.contains("the operator's own line")
-            && c.root()
-                .join("etc/gateway-systemd/gateway.toml.dpkg-dist")
-                .exists(),
-        || "the operator's gateway.toml was not kept (or the package's not put beside it)".into(),
-    )?;
+    for unit in [crate::EDGE, crate::SERVER1, crate::NODE_MANAGER] {
+        let stale = c.property(unit, "NeedDaemonReload")?;
+        check(stale == "no", || {
+            format!("{unit} has NeedDaemonReload={stale} after the upgrade")
+        })?;
+    }
+    Ok(())
+}
 
-    // A backup to keep; then remove: the instances stop, drained.
-    let (code, out) = ctl(&c, &["backup"]);
+/// A backup to keep; then the removal (`command`): it returns once the instances have stopped,
+/// drained, not while they drain. Returns what the command printed.
+fn remove_drains(c: &Container, command: &[&str]) -> Result<String, Failed> {
+    let (code, out) = ctl(c, &["backup"]);
     check(code == 0, || format!("backup: {out}"))?;
     c.ok(&["systemctl", "start", crate::SERVER1])?;
     let since = c.ok(&["date", "+%s"])?;
-    c.ok(&["dpkg", "-r", "gateway-systemd-demo", "gateway-systemd"])?;
-    // Removal returns once the instances have stopped, drained, not while they drain.
+    let out = c.exec(command);
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    check(out.status.success(), || {
+        format!("{command:?} failed:\n{printed}")
+    })?;
     let state = c.property(crate::SERVER1, "ActiveState")?;
     check(state == "inactive", || {
         format!("server1 is {state} once the package is removed")
@@ -278,14 +314,24 @@ pub fn deb_install_upgrade_remove_purge() -> Result<(), Failed> {
     check(log.contains("drained after"), || {
         format!("server1 was not drained when the package was removed:\n{log}")
     })?;
+    Ok(printed)
+}
 
-    // Purge: our state goes, the backups stay (and it says so), the installation is untouched.
-    let purged = c.ok(&["dpkg", "-P", "gateway-systemd-demo", "gateway-systemd"])?;
+/// After purge (rpm: erase), the container's files are what they were before the install,
+/// but what the policy keeps; `printed` (what purge said) names the kept backups.
+/// `unowned` are directories the package manager made for our files and left, which the
+/// distribution's own packages own where the package is meant for.
+fn only_the_backups_stay(
+    c: &Container,
+    before: &[String],
+    printed: &str,
+    unowned: &[&str],
+) -> Result<(), Failed> {
     check(
-        purged.contains("kept /var/lib/gateway-systemd/backups"),
-        || format!("purge did not say the backups are kept:\n{purged}"),
+        printed.contains("kept /var/lib/gateway-systemd/backups"),
+        || format!("purge did not say the backups are kept:\n{printed}"),
     )?;
-    let after = file_list(&c)?;
+    let after = file_list(c)?;
     // deb-systemd-helper removes a .wants directory its purge left empty, even one that was
     // there (empty) before: the only thing purge may take that it did not bring.
     let emptied = |p: &String| {
@@ -302,16 +348,140 @@ pub fn deb_install_upgrade_remove_purge() -> Result<(), Failed> {
         .collect();
     let added: Vec<&String> = after
         .iter()
-        .filter(|p| !before_set.contains(p) && !allowed_after_purge(p))
+        .filter(|p| {
+            !before_set.contains(p) && !allowed_after_purge(p) && !unowned.contains(&p.as_str())
+        })
         .collect();
     check(gone.is_empty() && added.is_empty(), || {
         format!("after purge, gone: {gone:?}\nleft: {added:?}")
     })
 }
 
+pub fn deb_install_upgrade_remove_purge() -> Result<(), Failed> {
+    let (product, demo) = packages()?.debs;
+    let work = tempfile::tempdir()?;
+    let upgrade = [
+        repack(&product, "0.1.1", work.path())?,
+        repack(&demo, "0.1.1", work.path())?,
+    ];
+    let mut c = boot_host(&[
+        (&product, ""),
+        (&demo, ""),
+        (&upgrade[0], "upgrade"),
+        (&upgrade[1], "upgrade"),
+    ])?;
+    let before = file_list(&c)?;
+
+    let deb = |p: &Path| format!("/root/{}", p.file_name().unwrap().to_string_lossy());
+    c.ok(&["dpkg", "-i", &deb(&product), &deb(&demo)])?;
+    check_installed(&c, "/usr/share/zsh/vendor-completions")?;
+    boot_starts_the_instances(&mut c)?;
+
+    // The operator's change to the conffile survives an upgrade that changes it too (dpkg's
+    // prompt answered by policy: keep the local file).
+    let conf = c.root().join("etc/gateway-systemd/gateway.toml");
+    let mut text = fs::read_to_string(&conf)?;
+    text.push_str("# the operator's own line\n");
+    fs::write(&conf, &text)?;
+    upgrade_under_load(
+        &c,
+        "dpkg --force-confold -i /root/upgrade/gateway-systemd_0.1.1_amd64.deb /root/upgrade/gateway-systemd-demo_0.1.1_amd64.deb",
+    )?;
+    let version = c.ok(&["dpkg-query", "-W", "-f=${Version}", "gateway-systemd"])?;
+    check(version == "0.1.1", || {
+        format!("installed version {version}")
+    })?;
+    let kept = fs::read_to_string(&conf)?;
+    check(
+        kept.contains("the operator's own line")
+            && c.root()
+                .join("etc/gateway-systemd/gateway.toml.dpkg-dist")
+                .exists(),
+        || "the operator's gateway.toml was not kept (or the package's not put beside it)".into(),
+    )?;
+
+    remove_drains(
+        &c,
+        &["dpkg", "-r", "gateway-systemd-demo", "gateway-systemd"],
+    )?;
+    // Purge: our state goes, the backups stay (and it says so), the installation is untouched.
+    let purged = c.ok(&["dpkg", "-P", "gateway-systemd-demo", "gateway-systemd"])?;
+    only_the_backups_stay(&c, &before, &purged, &[])
+}
+
+/// The .rpm packages the same way, with rpm itself (--nodeps: this root's rpm database knows
+/// none of the Debian packages they need): the %pre/%post/%preun/%postun scriptlets under real
+/// systemd. rpm has no purge: erase removes our state and keeps the backups, saying so.
+pub fn rpm_install_upgrade_erase() -> Result<(), Failed> {
+    let p = packages()?;
+    let (product, demo) = &p.rpms;
+    let (next, next_demo) = &p.rpm_upgrade;
+    let mut c = boot_host(&[
+        (product, ""),
+        (demo, ""),
+        (next, "upgrade"),
+        (next_demo, "upgrade"),
+    ])?;
+    let before = file_list(&c)?;
+
+    let name = |p: &Path| p.file_name().unwrap().to_string_lossy().into_owned();
+    c.ok(&[
+        "rpm",
+        "-i",
+        "--nodeps",
+        &format!("/root/{}", name(product)),
+        &format!("/root/{}", name(demo)),
+    ])?;
+    check_installed(&c, "/usr/share/zsh/site-functions")?;
+    boot_starts_the_instances(&mut c)?;
+
+    // %config(noreplace): the operator's gateway.toml stays as it is.
+    let conf = c.root().join("etc/gateway-systemd/gateway.toml");
+    let mut text = fs::read_to_string(&conf)?;
+    text.push_str("# the operator's own line\n");
+    fs::write(&conf, &text)?;
+    let command: &'static str = Box::leak(
+        format!(
+            "rpm -U --nodeps /root/upgrade/{} /root/upgrade/{}",
+            name(next),
+            name(next_demo)
+        )
+        .into_boxed_str(),
+    );
+    upgrade_under_load(&c, command)?;
+    let version = c.ok(&["rpm", "-q", "--qf", "%{VERSION}", "gateway-systemd"])?;
+    check(version == "0.1.1", || {
+        format!("installed version {version}")
+    })?;
+    check(
+        fs::read_to_string(&conf)?.contains("the operator's own line"),
+        || "the operator's gateway.toml was replaced by the upgrade".into(),
+    )?;
+
+    let printed = remove_drains(
+        &c,
+        &["rpm", "-e", "gateway-systemd-demo", "gateway-systemd"],
+    )?;
+    // Erase leaves the changed config as .rpmsave, as rpm does with every changed %config.
+    let saved = c.root().join("etc/gateway-systemd/gateway.toml.rpmsave");
+    check(saved.exists(), || {
+        "erase did not keep the operator's gateway.toml as gateway.toml.rpmsave".into()
+    })?;
+    fs::remove_file(&saved)?;
+    let _ = fs::remove_dir(c.root().join("etc/gateway-systemd"));
+    // rpm makes the parent directories of our files that no package owns here, and leaves
+    // them; on Fedora and RHEL the filesystem package owns both.
+    only_the_backups_stay(
+        &c,
+        &before,
+        &printed,
+        &["/usr/share/licenses", "/usr/share/zsh/site-functions"],
+    )
+}
+
 /// `man gatewayctl` renders (where the root has man-db), and bash, zsh and fish load the
 /// completions (zsh and fish from the host, on the installed files).
-fn man_and_completions(c: &Container) -> Result<(), Failed> {
+fn man_and_completions(c: &Container, zsh_dir: &str) -> Result<(), Failed> {
     let page = c.root().join("usr/share/man/man8/gatewayctl.8.gz");
     let shown = match c.root().join("usr/bin/man").exists() {
         true => c.ok(&["sh", "-c", "MANWIDTH=80 man -P cat gatewayctl 2>&1"])?,
@@ -336,7 +506,8 @@ fn man_and_completions(c: &Container) -> Result<(), Failed> {
     ])?;
     let zsh = c
         .root()
-        .join("usr/share/zsh/vendor-completions/_gatewayctl");
+        .join(zsh_dir.trim_start_matches('/'))
+        .join("_gatewayctl");
     let out = Command::new("zsh")
         .arg("-fc")
         .arg("autoload -U compinit && compinit -u -D && source \"$1\" && whence -w _gatewayctl")
