@@ -256,4 +256,67 @@ mod tests {
             assert!(page.contains(&format!("\\fB{key}\\fR")), "{key}");
         }
     }
+
+    /// The version the packages say (debian/changelog, rpm/gateway-systemd.spec) is the
+    /// crate's: a release bumps all three.
+    #[test]
+    fn the_packages_carry_the_crate_version() {
+        let crate_version = env!("CARGO_PKG_VERSION");
+        let changelog = include_str!("../debian/changelog");
+        let deb = changelog
+            .lines()
+            .next()
+            .and_then(|l| l.split(['(', ')']).nth(1))
+            .expect("debian/changelog's first line names a version");
+        assert_eq!(deb, crate_version, "debian/changelog");
+        let spec = include_str!("../rpm/gateway-systemd.spec");
+        let rpm = spec
+            .lines()
+            .find_map(|l| l.strip_prefix("%{!?gw_version: %global gw_version "))
+            .and_then(|v| v.strip_suffix('}'))
+            .expect("the spec's default gw_version");
+        assert_eq!(rpm, crate_version, "rpm/gateway-systemd.spec");
+        assert!(
+            spec.contains(&format!("> - {crate_version}-1")),
+            "the spec's %changelog has no entry for {crate_version}"
+        );
+    }
+
+    /// needrestart (perl, as it reads its conf.d) leaves every instance to the rolling
+    /// restart, and nothing else.
+    #[test]
+    fn needrestart_does_not_restart_the_instances() {
+        let conf = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/packaging/needrestart/gateway-systemd.conf"
+        );
+        let script = r#"
+            our %nrconf;
+            defined(do $ARGV[0]) or die "$ARGV[0]: " . ($@ || $!);
+            for my $unit (@ARGV[1..$#ARGV]) {
+                my @hits = grep { $unit =~ $_ } keys %{$nrconf{override_rc}};
+                my $off = @hits && !grep { $nrconf{override_rc}{$_} } @hits;
+                print "$unit ", ($off ? "left" : "restarted"), "
+";
+            }
+        "#;
+        let out = std::process::Command::new("perl")
+            .args(["-e", script, conf])
+            .args([
+                "gateway@group1-server1.service",
+                r"gateway@payments\x2deu-edge\x20node\x201.service",
+                "gateway-nodemanager.service",
+                "ssh.service",
+            ])
+            .output()
+            .expect("perl runs");
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "gateway@group1-server1.service left\n\
+             gateway@payments\\x2deu-edge\\x20node\\x201.service left\n\
+             gateway-nodemanager.service restarted\n\
+             ssh.service restarted\n"
+        );
+    }
 }

@@ -375,6 +375,8 @@ pub fn deb_install_upgrade_remove_purge() -> Result<(), Failed> {
     let deb = |p: &Path| format!("/root/{}", p.file_name().unwrap().to_string_lossy());
     c.ok(&["dpkg", "-i", &deb(&product), &deb(&demo)])?;
     check_installed(&c, "/usr/share/zsh/vendor-completions")?;
+    // needrestart leaves the instances to the rolling restart (a conffile; purge removes it).
+    c.ok(&["test", "-f", "/etc/needrestart/conf.d/gateway-systemd.conf"])?;
     boot_starts_the_instances(&mut c)?;
 
     // The operator's change to the conffile survives an upgrade that changes it too (dpkg's
