@@ -24,6 +24,23 @@ fn check(cond: bool, what: impl FnOnce() -> String) -> Result<(), Failed> {
     }
 }
 
+/// The version the packages are built as (Cargo.toml's).
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The version the upgrade tests upgrade to: the next patch release.
+fn next_version() -> String {
+    next_patch(VERSION)
+}
+
+/// x.y.(z+1).
+fn next_patch(version: &str) -> String {
+    let (head, patch) = version.rsplit_once('.').expect("a x.y.z version");
+    format!(
+        "{head}.{}",
+        patch.parse::<u32>().expect("a numeric patch") + 1
+    )
+}
+
 /// The packages the tests install: product and demo, of each format.
 pub struct Packages {
     /// gateway-systemd and gateway-systemd-demo .deb files.
@@ -37,7 +54,7 @@ pub struct Packages {
 /// The packages in `GATEWAY_TEST_PACKAGES`, or what is missing.
 pub fn packages() -> Result<Packages, String> {
     let dir = std::env::var_os(PACKAGES_ENV).ok_or_else(|| {
-        format!("{PACKAGES_ENV} is not set: build the packages with packaging/build-deb DIR, packaging/build-rpm DIR and packaging/build-rpm --version 0.1.1 DIR/upgrade, and set {PACKAGES_ENV}=DIR")
+        format!("{PACKAGES_ENV} is not set: build the packages with packaging/build-deb DIR, packaging/build-rpm DIR and packaging/build-rpm --version {} DIR/upgrade (from a checkout whose packaging/gateway.toml has one more line), and set {PACKAGES_ENV}=DIR", next_version())
     })?;
     let dir = PathBuf::from(dir);
     let find = |dir: &Path, prefix: &str, suffix: &str| -> Result<PathBuf, String> {
@@ -60,12 +77,20 @@ pub fn packages() -> Result<Packages, String> {
             find(&dir, "gateway-systemd-demo_", ".deb")?,
         ),
         rpms: (
-            find(&dir, "gateway-systemd-0.1.0-", ".rpm")?,
-            find(&dir, "gateway-systemd-demo-0.1.0-", ".rpm")?,
+            find(&dir, &format!("gateway-systemd-{VERSION}-"), ".rpm")?,
+            find(&dir, &format!("gateway-systemd-demo-{VERSION}-"), ".rpm")?,
         ),
         rpm_upgrade: (
-            find(&upgrade, "gateway-systemd-0.1.1-", ".rpm")?,
-            find(&upgrade, "gateway-systemd-demo-0.1.1-", ".rpm")?,
+            find(
+                &upgrade,
+                &format!("gateway-systemd-{}-", next_version()),
+                ".rpm",
+            )?,
+            find(
+                &upgrade,
+                &format!("gateway-systemd-demo-{}-", next_version()),
+                ".rpm",
+            )?,
         ),
     })
 }
@@ -85,8 +110,11 @@ fn repack(deb: &Path, version: &str, out: &Path) -> Result<PathBuf, Failed> {
         .lines()
         .map(|l| match l.strip_prefix("Version: ") {
             Some(_) => format!("Version: {version}\n"),
-            None => match l.contains("(= 0.1.0)") {
-                true => format!("{}\n", l.replace("(= 0.1.0)", &format!("(= {version})"))),
+            None => match l.contains(&format!("(= {VERSION})")) {
+                true => format!(
+                    "{}\n",
+                    l.replace(&format!("(= {VERSION})"), &format!("(= {version})"))
+                ),
                 false => format!("{l}\n"),
             },
         })
@@ -103,7 +131,7 @@ fn repack(deb: &Path, version: &str, out: &Path) -> Result<PathBuf, Failed> {
         .file_name()
         .unwrap()
         .to_string_lossy()
-        .replace("_0.1.0_", &format!("_{version}_"));
+        .replace(&format!("_{VERSION}_"), &format!("_{version}_"));
     let built = out.join(name);
     crate::harness::run(
         Command::new("dpkg-deb")
@@ -361,8 +389,8 @@ pub fn deb_install_upgrade_remove_purge() -> Result<(), Failed> {
     let (product, demo) = packages()?.debs;
     let work = tempfile::tempdir()?;
     let upgrade = [
-        repack(&product, "0.1.1", work.path())?,
-        repack(&demo, "0.1.1", work.path())?,
+        repack(&product, &next_version(), work.path())?,
+        repack(&demo, &next_version(), work.path())?,
     ];
     let mut c = boot_host(&[
         (&product, ""),
@@ -385,12 +413,19 @@ pub fn deb_install_upgrade_remove_purge() -> Result<(), Failed> {
     let mut text = fs::read_to_string(&conf)?;
     text.push_str("# the operator's own line\n");
     fs::write(&conf, &text)?;
-    upgrade_under_load(
-        &c,
-        "dpkg --force-confold -i /root/upgrade/gateway-systemd_0.1.1_amd64.deb /root/upgrade/gateway-systemd-demo_0.1.1_amd64.deb",
-    )?;
+    let names = upgrade
+        .each_ref()
+        .map(|p| p.file_name().unwrap().to_string_lossy());
+    let command: &'static str = Box::leak(
+        format!(
+            "dpkg --force-confold -i /root/upgrade/{} /root/upgrade/{}",
+            names[0], names[1]
+        )
+        .into_boxed_str(),
+    );
+    upgrade_under_load(&c, command)?;
     let version = c.ok(&["dpkg-query", "-W", "-f=${Version}", "gateway-systemd"])?;
-    check(version == "0.1.1", || {
+    check(version == next_version(), || {
         format!("installed version {version}")
     })?;
     let kept = fs::read_to_string(&conf)?;
@@ -400,6 +435,34 @@ pub fn deb_install_upgrade_remove_purge() -> Result<(), Failed> {
                 .join("etc/gateway-systemd/gateway.toml.dpkg-dist")
                 .exists(),
         || "the operator's gateway.toml was not kept (or the package's not put beside it)".into(),
+    )?;
+
+    // Where policy-rc.d forbids restarts (a chroot, an image build, an operator's freeze), an
+    // upgrade restarts nothing and says how to finish.
+    let third = next_patch(&next_version());
+    let mut later = Vec::new();
+    for p in [&product, &demo] {
+        let built = repack(p, &third, work.path())?;
+        let to = format!("/root/{}", built.file_name().unwrap().to_string_lossy());
+        fs::copy(&built, c.root().join(to.trim_start_matches('/')))?;
+        later.push(to);
+    }
+    let edge_pid = c.property(crate::EDGE, "MainPID")?;
+    let policy = c.root().join("usr/sbin/policy-rc.d");
+    fs::write(&policy, "#!/bin/sh\nexit 101\n")?;
+    c.ok(&["chmod", "755", "/usr/sbin/policy-rc.d"])?;
+    let out = c.exec(&["dpkg", "--force-confold", "-i", &later[0], &later[1]]);
+    fs::remove_file(&policy)?;
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    check(
+        out.status.success()
+            && said.contains("running instances were not restarted")
+            && c.property(crate::EDGE, "MainPID")? == edge_pid,
+        || {
+            format!(
+                "an upgrade under policy-rc.d 101 restarted edge node 1 or did not say so:\n{said}"
+            )
+        },
     )?;
 
     remove_drains(
@@ -437,7 +500,8 @@ pub fn rpm_install_upgrade_erase() -> Result<(), Failed> {
     check_installed(&c, "/usr/share/zsh/site-functions")?;
     boot_starts_the_instances(&mut c)?;
 
-    // %config(noreplace): the operator's gateway.toml stays as it is.
+    // %config(noreplace): the operator's gateway.toml stays as it is, though the next
+    // version's differs (CI builds it with one more line); rpm puts that one beside it.
     let conf = c.root().join("etc/gateway-systemd/gateway.toml");
     let mut text = fs::read_to_string(&conf)?;
     text.push_str("# the operator's own line\n");
@@ -452,13 +516,17 @@ pub fn rpm_install_upgrade_erase() -> Result<(), Failed> {
     );
     upgrade_under_load(&c, command)?;
     let version = c.ok(&["rpm", "-q", "--qf", "%{VERSION}", "gateway-systemd"])?;
-    check(version == "0.1.1", || {
+    check(version == next_version(), || {
         format!("installed version {version}")
     })?;
+    let rpmnew = c.root().join("etc/gateway-systemd/gateway.toml.rpmnew");
     check(
-        fs::read_to_string(&conf)?.contains("the operator's own line"),
-        || "the operator's gateway.toml was replaced by the upgrade".into(),
+        fs::read_to_string(&conf)?.contains("the operator's own line") && rpmnew.exists(),
+        || {
+            "the operator's gateway.toml was replaced by the upgrade (or the package's not put beside it as .rpmnew)".into()
+        },
     )?;
+    fs::remove_file(&rpmnew)?;
 
     let printed = remove_drains(
         &c,
