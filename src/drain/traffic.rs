@@ -187,6 +187,11 @@ mod tests {
         }
     }
 
+    /// One sample of the one client connection to PORT.
+    fn sample(t: &mut Traffic, at: Instant, c: TcpCounters) {
+        t.update(at, &[PORT], &[sock(1, 5000, 0, c)], &[]);
+    }
+
     fn counters(segs_out: u32, ins: u32, outs: u32, sent_ms: u32, recv_ms: u32) -> TcpCounters {
         TcpCounters {
             last_data_sent_ms: sent_ms,
@@ -202,19 +207,9 @@ mod tests {
         let mut t = Traffic::default();
         let t0 = Instant::now();
         // 10 requests answered, the last answer in the same tick as its request.
-        t.update(
-            t0,
-            &[PORT],
-            &[sock(1, 5000, 0, counters(12, 10, 10, 0, 0))],
-            &[],
-        );
+        sample(&mut t, t0, counters(12, 10, 10, 0, 0));
         let later = t0 + Duration::from_millis(500);
-        t.update(
-            later,
-            &[PORT],
-            &[sock(1, 5000, 0, counters(12, 10, 10, 500, 500))],
-            &[],
-        );
+        sample(&mut t, later, counters(12, 10, 10, 500, 500));
         assert_eq!(t.busy(), (0, 1));
     }
 
@@ -222,46 +217,21 @@ mod tests {
     fn a_request_in_the_same_tick_as_the_previous_answer_is_told_by_its_delayed_ack() {
         let mut t = Traffic::default();
         let t0 = Instant::now();
-        t.update(
-            t0,
-            &[PORT],
-            &[sock(1, 5000, 0, counters(12, 10, 10, 0, 0))],
-            &[],
-        );
+        sample(&mut t, t0, counters(12, 10, 10, 0, 0));
         // The 11th request came in the same tick as the 10th answer, and in the same sample:
         // the times tie and the sample saw both move.
         let t1 = t0 + SAMPLE_EVERY;
-        t.update(
-            t1,
-            &[PORT],
-            &[sock(1, 5000, 0, counters(13, 11, 11, 5, 5))],
-            &[],
-        );
+        sample(&mut t, t1, counters(13, 11, 11, 5, 5));
         // 40 ms later the kernel acknowledged it on its own: a pure ACK after the answer.
         let t2 = t1 + Duration::from_millis(300);
-        t.update(
-            t2,
-            &[PORT],
-            &[sock(1, 5000, 0, counters(14, 11, 11, 300, 300))],
-            &[],
-        );
+        sample(&mut t, t2, counters(14, 11, 11, 300, 300));
         assert_eq!(t.busy(), (1, 1));
         // Its answer goes out: no longer in flight once the data has settled.
         let t3 = t2 + Duration::from_secs(2);
-        t.update(
-            t3,
-            &[PORT],
-            &[sock(1, 5000, 0, counters(15, 11, 12, 0, 2300))],
-            &[],
-        );
+        sample(&mut t, t3, counters(15, 11, 12, 0, 2300));
         assert_eq!(t.busy(), (1, 1), "the answer is still moving");
         let t4 = t3 + Duration::from_millis(200);
-        t.update(
-            t4,
-            &[PORT],
-            &[sock(1, 5000, 0, counters(15, 11, 12, 200, 2500))],
-            &[],
-        );
+        sample(&mut t, t4, counters(15, 11, 12, 200, 2500));
         assert_eq!(t.busy(), (0, 1));
     }
 
@@ -269,28 +239,13 @@ mod tests {
     fn a_pure_ack_after_a_plain_answer_is_no_request() {
         let mut t = Traffic::default();
         let t0 = Instant::now();
-        t.update(
-            t0,
-            &[PORT],
-            &[sock(1, 5000, 0, counters(12, 10, 10, 0, 0))],
-            &[],
-        );
+        sample(&mut t, t0, counters(12, 10, 10, 0, 0));
         // The answer went out alone in its sample; nothing came in.
         let t1 = t0 + Duration::from_millis(500);
-        t.update(
-            t1,
-            &[PORT],
-            &[sock(1, 5000, 0, counters(13, 10, 11, 0, 500))],
-            &[],
-        );
+        sample(&mut t, t1, counters(13, 10, 11, 0, 500));
         // A keepalive probe's ACK, long after.
         let t2 = t1 + Duration::from_secs(5);
-        t.update(
-            t2,
-            &[PORT],
-            &[sock(1, 5000, 0, counters(14, 10, 11, 5000, 5500))],
-            &[],
-        );
+        sample(&mut t, t2, counters(14, 10, 11, 5000, 5500));
         assert_eq!(t.busy(), (0, 1));
     }
 
