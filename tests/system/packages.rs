@@ -309,12 +309,27 @@ fn upgrade_under_load(c: &Container, command: &'static str) -> Result<(), Failed
     Ok(())
 }
 
-/// A backup to keep; then the removal (`command`): it returns once the instances have stopped,
-/// drained, not while they drain. Returns what the command printed.
-fn remove_drains(c: &Container, command: &[&str]) -> Result<String, Failed> {
+/// A backup to keep; the removal (`refused`) refused during an unfinished restore; then the
+/// removal (`command`): it returns once the instances have stopped, drained, not while they
+/// drain. Returns what the command printed.
+/// `refused` removes the product package alone (with both named, dpkg and rpm remove the demo
+/// package before the product's refusal).
+fn remove_drains(c: &Container, refused: &[&str], command: &[&str]) -> Result<String, Failed> {
     let (code, out) = ctl(c, &["backup"]);
     check(code == 0, || format!("backup: {out}"))?;
     c.ok(&["systemctl", "start", crate::SERVER1])?;
+    // While a restore is unfinished the removal is refused and stops nothing.
+    let intent = c.root().join("var/lib/gateway-systemd/restore/intent.json");
+    fs::create_dir_all(intent.parent().unwrap())?;
+    fs::write(&intent, "{}")?;
+    let out = c.exec(refused);
+    fs::remove_dir_all(intent.parent().unwrap())?;
+    check(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("a restore is unfinished")
+            && c.property(crate::SERVER1, "ActiveState")? == "active",
+        || format!("{refused:?} during an unfinished restore: {out:?}"),
+    )?;
     let since = c.ok(&["date", "+%s"])?;
     let out = c.exec(command);
     let printed = format!(
@@ -467,6 +482,7 @@ pub fn deb_install_upgrade_remove_purge() -> Result<(), Failed> {
 
     remove_drains(
         &c,
+        &["dpkg", "-r", "--force-depends", "gateway-systemd"],
         &["dpkg", "-r", "gateway-systemd-demo", "gateway-systemd"],
     )?;
     // Purge: our state goes, the backups stay (and it says so), the installation is untouched.
@@ -530,6 +546,7 @@ pub fn rpm_install_upgrade_erase() -> Result<(), Failed> {
 
     let printed = remove_drains(
         &c,
+        &["rpm", "-e", "--nodeps", "gateway-systemd"],
         &["rpm", "-e", "gateway-systemd-demo", "gateway-systemd"],
     )?;
     // Erase leaves the changed config as .rpmsave, as rpm does with every changed %config.
